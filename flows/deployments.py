@@ -1,0 +1,95 @@
+"""Every Flywheel deployment, declared once.
+
+The embedded stack's runner serves this table (`python -m flows.deployments`);
+`prefect.yaml` declares the same deployments for `prefect deploy` to a work pool,
+and a test keeps the two in step. A later flow joins by adding one row.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from flywheel.settings import Params, apply_offline_environ, load_params
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.deployments.runner import RunnerDeployment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """One deployment: which flow, its name, and the params section holding its schedule."""
+
+    flow_name: str  # the @flow(name=...) shown in the Prefect UI
+    name: str  # deployment name; the full name is "<flow_name>/<name>"
+    entrypoint: str  # "path/to/file.py:function", as prefect.yaml spells it
+    params_section: str  # its `schedule` (cron or null) lives in params.yaml under this key
+    description: str
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow_name}/{self.name}"
+
+    def schedule(self, params: Params) -> str | None:
+        """The cron schedule from params, or None for on-demand deployments."""
+        return getattr(params, self.params_section).schedule  # type: ignore[no-any-return]
+
+    def load_flow(self) -> Flow[..., object]:
+        """Import the flow object this deployment runs."""
+        path, attr = self.entrypoint.split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        return getattr(module, attr)  # type: ignore[no-any-return]
+
+
+DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
+    DeploymentSpec(
+        flow_name="seed-demo",
+        name="on-demand",
+        entrypoint="flows/seed_demo.py:seed_demo",
+        params_section="demo",
+        description="Write the demo workload (knowledge base, eval set, historical request logs).",
+    ),
+)
+
+
+def find(flow_name: str) -> DeploymentSpec:
+    """The deployment of a flow, by flow name (e.g. `seed-demo`)."""
+    for spec in DEPLOYMENTS:
+        if flow_name in (spec.flow_name, spec.full_name):
+            return spec
+    known = ", ".join(spec.flow_name for spec in DEPLOYMENTS)
+    raise KeyError(f"no deployment for flow {flow_name!r}; known flows: {known}")
+
+
+def runner_deployments(params: Params) -> list[RunnerDeployment]:
+    """The table as Prefect runner deployments with their schedules from params."""
+    deployments = []
+    for spec in DEPLOYMENTS:
+        cron = spec.schedule(params)
+        deployments.append(
+            spec.load_flow().to_deployment(
+                name=spec.name,
+                cron=cron,
+                description=spec.description,
+                tags=["flywheel"],
+            )
+        )
+    return deployments
+
+
+def main() -> None:
+    """Serve every deployment from this process (the embedded stack's runner)."""
+    from prefect import serve
+
+    apply_offline_environ()
+    deployments = runner_deployments(load_params())
+    serve(*deployments, print_starting_message=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""`flywheel`: the command line on top of everything (nothing imports this module).
+
+flywheel up | down | status [--json]     the embedded stack
+flywheel run FLOW [-p key=value]...      run a flow's deployment, as the Prefect UI would
+flywheel demo                            the main job: stack up, then the demo flywheel
+flywheel config [--schema]               validate and show params.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from flywheel.settings import Environment, ParamsError, apply_offline_environ, load_params, params_schema
+from flywheel.stack import launcher
+from flywheel.stack.ports import PortInUseError
+from flywheel.stack.services import embedded_services
+
+app = typer.Typer(
+    help="Flywheel: the LLM data flywheel (harvest -> curate -> retrain -> gate -> canary) on Prefect, "
+    "MLflow and DVC.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+demo_app = typer.Typer(help="The demo workload and the main job.", invoke_without_command=True)
+app.add_typer(demo_app, name="demo")
+
+console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _say(message: str) -> None:
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}", highlight=False)
+
+
+def _environment() -> Environment:
+    apply_offline_environ()
+    return Environment()
+
+
+def _params_or_exit() -> Any:
+    try:
+        return load_params()
+    except ParamsError as error:
+        raise _fail(str(error), code=2) from None
+
+
+def _status_table(statuses: list[launcher.ServiceStatus]) -> Table:
+    table = Table(title="Flywheel stack", title_justify="left")
+    for column in ("service", "state", "health", "url", "pid", "log"):
+        table.add_column(column)
+    for s in statuses:
+        health = "[green]healthy[/]" if s.healthy else f"[red]unhealthy[/] {s.detail}".strip()
+        if s.state == "stopped":
+            health = "-"
+        table.add_row(s.name, s.state, health, s.url, str(s.pid or "-"), s.log)
+    return table
+
+
+@app.command()
+def up(
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for each service to be healthy.")] = 180.0,
+) -> None:
+    """Start the embedded stack: Prefect server, MLflow server and the deployment runner.
+
+    State, databases and logs live under $FLYWHEEL_HOME (default ./.flywheel). Ports come from
+    FLYWHEEL_PREFECT_PORT (4200), FLYWHEEL_MLFLOW_PORT (5000) and FLYWHEEL_RUNNER_PORT (8765).
+    Already-running services are left as they are.
+    """
+    env = _environment()
+    _params_or_exit()  # a bad params file must fail here, not inside the runner
+    specs = [_with_timeout(s, timeout) for s in embedded_services(env)]
+    try:
+        statuses = launcher.up(env, specs, on_event=_say)
+    except PortInUseError as error:
+        raise _fail(str(error)) from None
+    except launcher.ServiceStartError as error:
+        raise _fail(str(error)) from None
+    console.print(_status_table(statuses))
+    console.print(f"Prefect UI: {env.api_url.removesuffix('/api')}   MLflow UI: {env.tracking_uri}")
+
+
+def _with_timeout(spec: Any, timeout: float) -> Any:
+    from dataclasses import replace
+
+    return replace(spec, start_timeout_s=timeout)
+
+
+@app.command()
+def down() -> None:
+    """Stop exactly the processes `flywheel up` started (recorded by pid under $FLYWHEEL_HOME/run)."""
+    env = _environment()
+    stopped = launcher.down(env, embedded_services(env), on_event=_say)
+    console.print(f"stopped {len(stopped)} service(s)" if stopped else "nothing was running")
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+) -> None:
+    """Show each service of the embedded stack, its URL and health. Exit 1 if any is unhealthy."""
+    env = _environment()
+    statuses = launcher.status(env, embedded_services(env))
+    if as_json:
+        payload = {
+            "healthy": all(s.healthy for s in statuses),
+            "services": [s.__dict__ for s in statuses],
+        }
+        typer.echo(json.dumps(payload, indent=2))
+    else:
+        console.print(_status_table(statuses))
+    if not all(s.healthy for s in statuses):
+        raise typer.Exit(1)
+
+
+def _parse_parameters(pairs: list[str]) -> dict[str, Any]:
+    parameters: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise _fail(f"bad parameter {pair!r}: use -p key=value", code=2)
+        # YAML typing, as in params.yaml: 42 -> int, true -> bool, [1,2] -> list
+        parameters[key.strip()] = yaml.safe_load(raw)
+    return parameters
+
+
+@app.command("run")
+def run_flow(
+    flow: Annotated[str, typer.Argument(help="Flow name, e.g. seed-demo (see `flywheel run --list`).")] = "",
+    param: Annotated[
+        list[str] | None, typer.Option("-p", "--param", help="Flow parameter key=value (repeatable).")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the run to finish and exit with its state.")] = True,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait (default: until done).")] = None,
+    list_flows: Annotated[bool, typer.Option("--list", help="List the deployments and exit.")] = False,
+) -> None:
+    """Run a flow through its deployment on the Prefect server, as the Prefect UI would.
+
+    The runner started by `flywheel up` picks the run up; its logs are in the Prefect UI.
+    """
+    from flows.deployments import DEPLOYMENTS, find
+
+    params = _params_or_exit()
+    if list_flows or not flow:
+        for spec in DEPLOYMENTS:
+            typer.echo(
+                f"{spec.full_name:32} schedule={spec.schedule(params) or 'on demand'}  {spec.description}"
+            )
+        return
+    try:
+        spec = find(flow)
+    except KeyError as error:
+        raise _fail(str(error.args[0]), code=2) from None
+    state = _run_deployment(_environment(), spec.full_name, _parse_parameters(param or []), wait, timeout)
+    if wait and not state.is_completed():
+        raise typer.Exit(1)
+
+
+def _run_deployment(
+    env: Environment, full_name: str, parameters: dict[str, Any], wait: bool, timeout: float | None
+):  # type: ignore[no-untyped-def]  # returns a Prefect State
+    os.environ.setdefault("PREFECT_API_URL", env.api_url)
+    from prefect.deployments import run_deployment
+
+    ui = env.api_url.removesuffix("/api")
+    _say(f"running deployment {full_name} with {parameters or 'default parameters'}")
+    try:
+        flow_run = run_deployment(
+            name=full_name, parameters=parameters, timeout=(timeout if wait else 0), poll_interval=2
+        )
+    except Exception as error:  # the API client raises many kinds; name the cause for the user
+        raise _fail(
+            f"could not run {full_name} via {env.api_url}: {error}. Is the stack up (`flywheel status`)?"
+        ) from None
+    state = flow_run.state
+    _say(f"flow run {flow_run.name}: {state.name if state else 'unknown'}  {ui}/runs/flow-run/{flow_run.id}")
+    return state
+
+
+@demo_app.callback()
+def demo(ctx: typer.Context) -> None:
+    """The main job on the embedded stack: bring it up, seed the demo workload, report.
+
+    Later stages (harvest, curate, retrain, gate, canary) join this job as they land.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    env = _environment()
+    params = _params_or_exit()
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+
+    t0 = time.monotonic()
+    _say("[bold]1/2[/] starting the embedded stack (Prefect, MLflow, deployment runner)")
+    try:
+        launcher.up(env, embedded_services(env), on_event=_say)
+    except (PortInUseError, launcher.ServiceStartError) as error:
+        raise _fail(str(error)) from None
+    timings["stack up"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    _say("[bold]2/2[/] seed-demo: writing the demo workload through its Prefect deployment")
+    state = _run_deployment(env, "seed-demo/on-demand", {}, wait=True, timeout=None)
+    timings["seed-demo"] = time.monotonic() - t0
+    if not state.is_completed():
+        raise _fail("seed-demo did not complete; see the flow run in the Prefect UI")
+
+    _print_demo_report(env, params, timings, time.monotonic() - started)
+
+
+def _print_demo_report(env: Environment, params: Any, timings: dict[str, float], total: float) -> None:
+    from flywheel.demo import read_manifest
+
+    manifest = read_manifest(env.data_dir / "demo")
+    table = Table(title="Demo workload", title_justify="left")
+    table.add_column("records")
+    table.add_column("count", justify="right")
+    for kind, count in manifest.counts.items():
+        table.add_row(kind, str(count))
+    console.print(table)
+    for stage, seconds in timings.items():
+        console.print(f"  {stage:<12} {seconds:6.1f}s")
+    console.print(f"  {'total':<12} {total:6.1f}s")
+    console.print(
+        f"\nPrefect UI: {env.api_url.removesuffix('/api')}  (deployments: /deployments)\n"
+        f"MLflow UI:  {env.tracking_uri}\n"
+        f"Data:       {env.data_dir}\n"
+        "Stop the stack with `flywheel down` (or `make down`)."
+    )
+
+
+@demo_app.command("seed")
+def demo_seed(
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: <data dir>/demo).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Override demo.seed.")] = None,
+    n_records: Annotated[int | None, typer.Option(help="Override demo.n_records.")] = None,
+) -> None:
+    """Write the demo workload without Prefect (the `seed_demo` DVC stage runs this)."""
+    from flywheel.settings import override
+    from tasks.demo.seed import write_workload
+
+    params = _params_or_exit()
+    env = _environment()
+    demo_params = override(params.demo, seed=seed, n_records=n_records)
+    summary = write_workload(demo_params, params.project.application, out or env.data_dir, params.harvest)
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command()
+def config(
+    schema: Annotated[bool, typer.Option("--schema", help="Print the JSON schema of params.yaml.")] = False,
+) -> None:
+    """Validate params.yaml ($FLYWHEEL_PARAMS) and print it resolved, with where things run."""
+    if schema:
+        typer.echo(json.dumps(params_schema(), indent=2))
+        return
+    params = _params_or_exit()
+    env = _environment()
+    typer.echo(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    where = env.model_dump(mode="json", exclude={"openai_api_key"})
+    where["tracking_uri"], where["api_url"] = env.tracking_uri, env.api_url
+    typer.echo("# environment (where things run)\n" + yaml.safe_dump(where, sort_keys=False))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

