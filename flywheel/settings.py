@@ -274,7 +274,7 @@ def params_schema() -> dict[str, Any]:
 class Environment(BaseSettings):
     """Where things run. Read from environment variables only."""
 
-    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(frozen=True, extra="ignore")
 
     home: Path = Field(
         PROJECT_ROOT / ".flywheel",

@@ -20,8 +20,9 @@ class PortInUseError(RuntimeError):
 def port_is_free(host: str, port: int) -> bool:
     """True when nothing listens on host:port (we can bind it ourselves)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        # No SO_REUSEADDR: a socket in TIME_WAIT is fine to reuse, but a live listener
-        # must count as busy, which is what a plain bind tells us.
+        # SO_REUSEADDR, as the servers themselves set it: connections left in TIME_WAIT by a
+        # stack that just stopped do not count, while a live listener still makes bind fail.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from flywheel.settings import (
+    PROJECT_ROOT,
     DEFAULT_PARAMS_PATH,
     Environment,
     Params,
@@ -115,3 +116,15 @@ def test_environment_reads_locations_from_variables(monkeypatch: pytest.MonkeyPa
     assert env.tracking_uri == "http://127.0.0.1:5999", "the embedded MLflow URL should follow the port"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.internal:80")
     assert Environment().tracking_uri == "http://mlflow.internal:80", "MLFLOW_TRACKING_URI should win"
+
+
+def test_generic_variables_do_not_leak_into_locations(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given the shell's own HOME and HOST (not Flywheel's variables)
+    for var in ("FLYWHEEL_HOME", "FLYWHEEL_HOST", "FLYWHEEL_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", "/somewhere/else")
+    monkeypatch.setenv("HOST", "example.org")
+    env = Environment()
+    # then the defaults hold: only FLYWHEEL_* variables move things
+    assert env.home == PROJECT_ROOT / ".flywheel", f"HOME must not set FLYWHEEL_HOME: {env.home}"
+    assert env.host == "127.0.0.1", f"HOST must not set the bind address: {env.host}"
