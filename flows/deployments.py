@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from flywheel.settings import Params, apply_offline_environ, load_params
 
@@ -71,14 +71,11 @@ def runner_deployments(params: Params) -> list[RunnerDeployment]:
     deployments = []
     for spec in DEPLOYMENTS:
         cron = spec.schedule(params)
-        deployments.append(
-            spec.load_flow().to_deployment(
-                name=spec.name,
-                cron=cron,
-                description=spec.description,
-                tags=["flywheel"],
-            )
+        deployment = spec.load_flow().to_deployment(
+            name=spec.name, cron=cron, description=spec.description, tags=["flywheel"]
         )
+        # to_deployment is sync/async dual; called outside an event loop it returns the object
+        deployments.append(cast("RunnerDeployment", deployment))
     return deployments
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 import yaml
@@ -24,6 +24,9 @@ from flywheel.settings import Environment, ParamsError, apply_offline_environ, l
 from flywheel.stack import launcher
 from flywheel.stack.ports import PortInUseError
 from flywheel.stack.services import embedded_services
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun, State
 
 app = typer.Typer(
     help="Flywheel: the LLM data flywheel (harvest -> curate -> retrain -> gate -> canary) on Prefect, "
@@ -172,22 +175,29 @@ def run_flow(
 
 def _run_deployment(
     env: Environment, full_name: str, parameters: dict[str, Any], wait: bool, timeout: float | None
-):  # type: ignore[no-untyped-def]  # returns a Prefect State
+) -> State:
+    """Create a flow run of a deployment on the Prefect server; wait for it unless told not to."""
     os.environ.setdefault("PREFECT_API_URL", env.api_url)
     from prefect.deployments import run_deployment
 
     ui = env.api_url.removesuffix("/api")
     _say(f"running deployment {full_name} with {parameters or 'default parameters'}")
     try:
-        flow_run = run_deployment(
-            name=full_name, parameters=parameters, timeout=(timeout if wait else 0), poll_interval=2
+        # run_deployment is sync/async dual; called outside an event loop it returns the FlowRun
+        flow_run = cast(
+            "FlowRun",
+            run_deployment(
+                name=full_name, parameters=parameters, timeout=(timeout if wait else 0), poll_interval=2
+            ),
         )
     except Exception as error:  # the API client raises many kinds; name the cause for the user
         raise _fail(
             f"could not run {full_name} via {env.api_url}: {error}. Is the stack up (`flywheel status`)?"
         ) from None
     state = flow_run.state
-    _say(f"flow run {flow_run.name}: {state.name if state else 'unknown'}  {ui}/runs/flow-run/{flow_run.id}")
+    if state is None:
+        raise _fail(f"the Prefect server returned no state for flow run {flow_run.id}")
+    _say(f"flow run {flow_run.name}: {state.name}  {ui}/runs/flow-run/{flow_run.id}")
     return state
 
 

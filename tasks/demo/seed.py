@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from flywheel.demo import write_demo
 from flywheel.settings import DemoParams, HarvestParams
 
+
 def inbox_path(data_dir: Path, harvest: HarvestParams, seed: int) -> Path:
     """Where the historical logs go: the harvest stage's inbox, one file per seed."""
     return data_dir / harvest.incoming_dir / f"demo-history-seed{seed}.jsonl"

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from flywheel.settings import (
-    PROJECT_ROOT,
     DEFAULT_PARAMS_PATH,
+    PROJECT_ROOT,
     Environment,
     Params,
     ParamsError,
