@@ -17,7 +17,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -132,11 +135,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         import copy
 
         with tempfile.TemporaryDirectory() as tmp:
-            adapter = new_lora(
-                copy.deepcopy(chat.model), 8, 16, ["q_proj", "v_proj"], init_lora_weights=False
-            )
+            base = cast("PreTrainedModel", copy.deepcopy(chat.model))  # the cached base is a plain model
+            adapter = new_lora(base, 8, 16, ["q_proj", "v_proj"], init_lora_weights=False)
             save_adapter(adapter, Path(tmp) / "adapter")
-            del adapter
+            del adapter, base
             t0 = time.perf_counter()
             adapted = load_chat_model(params, adapter=Path(tmp) / "adapter")
             figures["adapter_load_s"] = time.perf_counter() - t0

@@ -367,6 +367,17 @@ def test_load_chat_model_caches_per_source(tiny_folder: Path, fresh_cache: None)
     )
 
 
+def test_dtype_from_params_is_applied_and_keys_the_cache(tiny_folder: Path, fresh_cache: None) -> None:
+    # Given the same source in float32 and in bfloat16
+    fp32 = load_chat_model(ModelParams(source=str(tiny_folder), gguf_file=None, threads=1))
+    # When the bfloat16 variant is loaded
+    bf16 = load_chat_model(ModelParams(source=str(tiny_folder), gguf_file=None, threads=1, dtype="bfloat16"))
+    # Then it is a separate model with bfloat16 weights that still generates
+    assert bf16 is not fp32, "dtype is part of the cache key"
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16, "the weights should be bfloat16"
+    assert bf16.generate(QUESTION, max_new_tokens=4).completion_tokens == 4, "bfloat16 model should generate"
+
+
 def test_adapter_load_is_cached_and_leaves_the_base_plain(
     tiny_folder: Path, tmp_path: Path, fresh_cache: None
 ) -> None:
