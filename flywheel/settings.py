@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -175,10 +175,71 @@ class RegressionParams(_Section):
     _cron = field_validator("schedule")(_check_cron)
 
 
+class BackendParams(_Section):
+    """One model backend the gateway can call. URLs and keys are named by variable, never written here."""
+
+    name: str = Field(min_length=1, description="How routes and the fallback chain refer to it.")
+    kind: Literal["local", "openai"] = Field(
+        "local", description="'local': the SmolLM2 runtime in-process; 'openai': any OpenAI-compatible URL."
+    )
+    base_url_env: str | None = Field(
+        None, description="Environment variable holding the base URL (kind openai), e.g. http://vllm:8000/v1."
+    )
+    api_key_env: str | None = Field(None, description="Environment variable holding the API key (kind openai).")
+    model: str | None = Field(None, description="Model name to send to an openai backend.")
+    timeout_seconds: float = Field(60, gt=0)
+
+
+class PriceParams(_Section):
+    """USD per 1M tokens."""
+
+    input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+
+class CacheParams(_Section):
+    exact: bool = True
+    semantic: bool = True
+    semantic_threshold: float = Field(0.95, gt=0.0, le=1.0, description="Cosine similarity for a semantic hit.")
+    ttl_seconds: float = Field(3600, gt=0)
+    max_entries: int = Field(10_000, ge=1)
+
+
+class RequestLogParams(_Section):
+    batch_size: int = Field(256, ge=1, description="Records per durable write.")
+    flush_seconds: float = Field(0.2, gt=0, description="Longest a record waits in memory before it is written.")
+    max_pending: int = Field(100_000, ge=1, description="Records held in memory before writers block.")
+
+
 class GatewayParams(_Section):
     registry_poll_seconds: float = Field(15, gt=0)
-    max_queue: int = Field(16, ge=1)
+    backends: tuple[BackendParams, ...] = (BackendParams(name="local", kind="local"),)
+    fallback: tuple[str, ...] = Field(("local",), description="Backends tried in order when one fails.")
+    retries: int = Field(2, ge=0, le=10, description="Retries per backend before falling through.")
+    retry_backoff_seconds: float = Field(0.2, ge=0)
+    max_queue: int = Field(16, ge=1, description="Requests waiting for the local model before 429.")
     request_timeout_seconds: float = Field(60, gt=0)
+    max_input_chars: int = Field(16_000, ge=1, description="Larger inputs are refused with 413.")
+    max_tokens_limit: int = Field(512, ge=1, description="Larger max_tokens is refused with 400.")
+    default_max_tokens: int = Field(128, ge=1)
+    rate_limit_tokens_per_minute: int = Field(60_000, ge=1, description="Per API key, sliding window.")
+    cache: CacheParams = CacheParams()
+    prices: dict[str, PriceParams] = Field(
+        default_factory=lambda: {"default": PriceParams(input=0.05, output=0.10)},
+        description="Per served model name; 'default' for the rest.",
+    )
+    request_log: RequestLogParams = RequestLogParams()
+    trace_sample_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests sampled to MLflow.")
+
+    @model_validator(mode="after")
+    def _fallback_names_exist(self) -> GatewayParams:
+        names = {backend.name for backend in self.backends}
+        unknown = [name for name in self.fallback if name not in names]
+        if unknown:
+            raise ValueError(f"fallback names unknown backends {unknown}; declared: {sorted(names)}")
+        if not self.fallback:
+            raise ValueError("fallback must name at least one backend")
+        return self
 
 
 class DemoParams(_Section):
@@ -295,6 +356,31 @@ class Environment(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
     openai_api_key: str | None = Field(None, validation_alias="OPENAI_API_KEY", repr=False)
+    gateway_keys_file: Path | None = Field(
+        None,
+        validation_alias="FLYWHEEL_GATEWAY_KEYS_FILE",
+        description="File of gateway API keys, one per line (`name:key` or `key`).",
+    )
+    gateway_api_keys: str | None = Field(
+        None, validation_alias="FLYWHEEL_GATEWAY_API_KEYS", repr=False, description="Comma-separated keys."
+    )
+    request_log_url: str | None = Field(
+        None,
+        validation_alias="FLYWHEEL_REQUEST_LOG_URL",
+        description="SQLAlchemy URL of the request log; default SQLite (WAL) under FLYWHEEL_HOME.",
+    )
+    redis_url: str | None = Field(
+        None, validation_alias="FLYWHEEL_REDIS_URL", description="Shared rate limits and cache across gateways."
+    )
+
+    @property
+    def request_log_uri(self) -> str:
+        """The request log's SQLAlchemy URL: the environment's, else SQLite under FLYWHEEL_HOME."""
+        return self.request_log_url or f"sqlite:///{self.home / 'requestlog' / 'requests.db'}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.gateway_port}"
 
     @cached_property
     def tracking_uri(self) -> str:
