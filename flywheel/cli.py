@@ -271,6 +271,80 @@ def demo_seed(
 
 
 @app.command()
+def simulate(
+    requests: Annotated[
+        int, typer.Option("--requests", "-n", help="How many chat requests to send.", min=1)
+    ] = 100,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight.", min=1)] = 4,
+    users: Annotated[
+        int, typer.Option(help="Distinct simulated users (canary arms are sticky per user).")
+    ] = 200,
+    feedback_rate: Annotated[float, typer.Option(help="Share of answers the users rate (0..1).")] = 0.6,
+    max_tokens: Annotated[int, typer.Option(help="max_tokens of each request.")] = 64,
+    seed: Annotated[int | None, typer.Option(help="Traffic seed (default: demo.seed).")] = None,
+    url: Annotated[str | None, typer.Option(help="Gateway base URL (default: the embedded gateway).")] = None,
+    api_key: Annotated[
+        str | None, typer.Option(envvar="FLYWHEEL_API_KEY", help="Gateway API key (or $FLYWHEEL_API_KEY).")
+    ] = None,
+) -> None:
+    """Drive the demo workload through the gateway with the openai client, rating answers like real users.
+
+    Questions come from the training pool (never the held-out eval set); each answer is scored by the
+    simulated user against the knowledge base, and `--feedback-rate` of them are sent as feedback.
+    """
+    import asyncio
+
+    from flywheel.demo.simulated_user import SimulatedUser
+    from flywheel.demo.simulator import simulate as run_simulation
+    from flywheel.demo.simulator import training_questions
+
+    params = _params_or_exit()
+    env = _environment()
+    key = api_key or _first_gateway_key(env) or "no-key"
+    base = url or env.gateway_url
+    _say(f"simulating {requests} requests, concurrency {concurrency}, {users} users -> {base}")
+    user = SimulatedUser.from_params(params.demo)
+    step = max(1, requests // 10)
+
+    def progress(done: int, total: int) -> None:
+        if done % step == 0 or done == total:
+            _say(f"  {done}/{total} requests")
+
+    summary = asyncio.run(
+        run_simulation(
+            base,
+            key,
+            requests=requests,
+            concurrency=concurrency,
+            model=params.project.application,
+            user=user,
+            questions=training_questions(params.demo.eval_paraphrases),
+            users=users,
+            feedback_rate=feedback_rate,
+            max_tokens=max_tokens,
+            seed=params.demo.seed if seed is None else seed,
+            on_progress=progress,
+        )
+    )
+    for line in summary.lines():
+        console.print(line, highlight=False)
+    if summary.ok == 0:
+        raise _fail(f"no request succeeded against {base}; is the gateway up (`flywheel status`)?")
+
+
+def _first_gateway_key(env: Environment) -> str | None:
+    """The first configured gateway key, so local simulations need no extra flag."""
+    if env.gateway_api_keys:
+        return env.gateway_api_keys.split(",")[0].strip() or None
+    if env.gateway_keys_file and env.gateway_keys_file.exists():
+        for line in env.gateway_keys_file.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                return line.split(":", 1)[-1].strip()
+    return None
+
+
+@app.command()
 def config(
     schema: Annotated[bool, typer.Option("--schema", help="Print the JSON schema of params.yaml.")] = False,
 ) -> None:

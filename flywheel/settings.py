@@ -185,7 +185,9 @@ class BackendParams(_Section):
     base_url_env: str | None = Field(
         None, description="Environment variable holding the base URL (kind openai), e.g. http://vllm:8000/v1."
     )
-    api_key_env: str | None = Field(None, description="Environment variable holding the API key (kind openai).")
+    api_key_env: str | None = Field(
+        None, description="Environment variable holding the API key (kind openai)."
+    )
     model: str | None = Field(None, description="Model name to send to an openai backend.")
     timeout_seconds: float = Field(60, gt=0)
 
@@ -200,14 +202,18 @@ class PriceParams(_Section):
 class CacheParams(_Section):
     exact: bool = True
     semantic: bool = True
-    semantic_threshold: float = Field(0.95, gt=0.0, le=1.0, description="Cosine similarity for a semantic hit.")
+    semantic_threshold: float = Field(
+        0.95, gt=0.0, le=1.0, description="Cosine similarity for a semantic hit."
+    )
     ttl_seconds: float = Field(3600, gt=0)
     max_entries: int = Field(10_000, ge=1)
 
 
 class RequestLogParams(_Section):
     batch_size: int = Field(256, ge=1, description="Records per durable write.")
-    flush_seconds: float = Field(0.2, gt=0, description="Longest a record waits in memory before it is written.")
+    flush_seconds: float = Field(
+        0.2, gt=0, description="Longest a record waits in memory before it is written."
+    )
     max_pending: int = Field(100_000, ge=1, description="Records held in memory before writers block.")
 
 
@@ -370,7 +376,9 @@ class Environment(BaseSettings):
         description="SQLAlchemy URL of the request log; default SQLite (WAL) under FLYWHEEL_HOME.",
     )
     redis_url: str | None = Field(
-        None, validation_alias="FLYWHEEL_REDIS_URL", description="Shared rate limits and cache across gateways."
+        None,
+        validation_alias="FLYWHEEL_REDIS_URL",
+        description="Shared rate limits and cache across gateways.",
     )
 
     @property
