@@ -32,7 +32,8 @@ class Feedback(BaseModel):
 class RequestRecord(BaseModel):
     """One request through the gateway, as the request log stores it (DESIGN.md)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # inf/nan would be stored as JSON null and then fail to load back
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     request_id: str = Field(min_length=1)
     timestamp: datetime
