@@ -4,6 +4,7 @@ Aliases, never stages: `champion`, `challenger`, `previous`. Tags prefixed
 `flywheel.` are the reviewer's interface in the MLflow UI.
 """
 
+from registry.artifacts import download_artifacts
 from registry.errors import AliasNotFoundError, RegistryError, RegistryUnavailableError
 from registry.models import (
     ALIASES,
@@ -15,20 +16,25 @@ from registry.models import (
     set_version_tags,
 )
 from registry.prompts import PromptVersionInfo, load_prompt, register_prompt, set_prompt_alias
+from registry.routing import CANARY_WEIGHT_TAG, RoutingSnapshot, read_routing
 from registry.tracking import configure_tracking, ping
 
 __all__ = [
     "ALIASES",
+    "CANARY_WEIGHT_TAG",
     "TAG_PREFIX",
     "AliasNotFoundError",
     "ModelVersionInfo",
     "PromptVersionInfo",
     "RegistryError",
     "RegistryUnavailableError",
+    "RoutingSnapshot",
     "configure_tracking",
+    "download_artifacts",
     "get_version_by_alias",
     "load_prompt",
     "ping",
+    "read_routing",
     "register_model_version",
     "register_prompt",
     "set_alias",
