@@ -235,7 +235,6 @@ class GatewayParams(_Section):
         description="Per served model name; 'default' for the rest.",
     )
     request_log: RequestLogParams = RequestLogParams()
-    trace_sample_rate: float = Field(0.0, ge=0.0, le=1.0, description="Share of requests sampled to MLflow.")
 
     @model_validator(mode="after")
     def _fallback_names_exist(self) -> GatewayParams:

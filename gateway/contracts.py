@@ -45,7 +45,7 @@ class RouteTable:
     fetched_at: float = 0.0
 
     def pick(self, sticky_key: str) -> Route:
-        """The arm for this user/session: stable across requests, `canary_weight` of users to the challenger."""
+        """The arm for this user: stable across requests; `canary_weight` of users go to the challenger."""
         if self.challenger is None or self.canary_weight <= 0.0:
             return self.champion
         bucket = int.from_bytes(hashlib.blake2b(sticky_key.encode(), digest_size=8).digest(), "big") / 2**64

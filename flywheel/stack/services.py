@@ -44,8 +44,8 @@ def prefect_database_url(env: Environment) -> str:
     )
 
 
-def embedded_services(env: Environment) -> list[ServiceSpec]:
-    """Prefect server, MLflow server and the deployment runner, in start order."""
+def embedded_services(env: Environment, *, gateway: bool = True) -> list[ServiceSpec]:
+    """Prefect server, MLflow server, the deployment runner and the gateway, in start order."""
     host = env.host
     prefect_url = f"http://{host}:{env.prefect_port}"
     mlflow_url = f"http://{host}:{env.mlflow_port}"
@@ -114,4 +114,23 @@ def embedded_services(env: Environment) -> list[ServiceSpec]:
         depends_on=("prefect", "mlflow"),
         cwd=PROJECT_ROOT,  # flow entrypoints are paths relative to the project
     )
-    return [prefect, mlflow, runner]
+    gateway_url = f"http://{host}:{env.gateway_port}"
+    gateway_spec = ServiceSpec(
+        name="gateway",
+        argv=(sys.executable, "-m", "gateway", "--host", host, "--port", str(env.gateway_port)),
+        port=env.gateway_port,
+        port_env_var="FLYWHEEL_GATEWAY_PORT",
+        url=f"{gateway_url}/v1",
+        health_url=f"{gateway_url}/healthz",
+        env={
+            **common,
+            "MLFLOW_TRACKING_URI": mlflow_url,
+            "PYTHONPATH": str(PROJECT_ROOT),
+        },
+        # healthy once the champion's model is loaded and warm (about 25 s on 2 cores)
+        start_timeout_s=300.0,
+        depends_on=("mlflow",),
+        cwd=PROJECT_ROOT,
+    )
+    services = [prefect, mlflow, runner]
+    return [*services, gateway_spec] if gateway else services

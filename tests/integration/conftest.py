@@ -24,6 +24,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]
         "FLYWHEEL_PREFECT_PORT": str(free_port()),
         "FLYWHEEL_MLFLOW_PORT": str(free_port()),
         "FLYWHEEL_RUNNER_PORT": str(free_port()),
+        "FLYWHEEL_GATEWAY_PORT": str(free_port()),
     }
     saved = {key: os.environ.get(key) for key in [*variables, "PREFECT_API_URL", "MLFLOW_TRACKING_URI"]}
     os.environ.update(variables)
@@ -41,7 +42,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]
 
 @pytest.fixture(scope="session")
 def stack(stack_env: Environment) -> Iterator[Environment]:
-    """Prefect server, MLflow server and the deployment runner, really running; stopped by pid after."""
+    """Prefect, MLflow, the deployment runner and the gateway (real SmolLM2), really running; stopped by pid."""
     specs = embedded_services(stack_env)
     launcher.up(stack_env, specs)
     states = [launcher.read_state(stack_env, spec.name) for spec in specs]

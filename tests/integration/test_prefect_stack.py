@@ -78,6 +78,6 @@ def test_status_json_reports_every_service_healthy(stack: Environment) -> None:
     assert result.returncode == 0, f"status should exit 0 when healthy:\n{result.stdout}{result.stderr}"
     payload = json.loads(result.stdout)
     services = {s["name"]: s for s in payload["services"]}
-    assert set(services) == {"prefect", "mlflow", "runner"}, f"services: {sorted(services)}"
+    assert set(services) == {"prefect", "mlflow", "runner", "gateway"}, f"services: {sorted(services)}"
     assert all(s["healthy"] for s in services.values()), f"all should be healthy: {services}"
     assert payload["healthy"] is True, payload
