@@ -442,7 +442,7 @@ class Gateway:
                 },
             }
         )
-        headers: dict[str, str] = {"x-flywheel-arm": call.route.arm}
+        headers = _route_headers(call.route)
         if cache_kind is not None:
             headers["x-flywheel-cache"] = cache_kind
         return Response(body, media_type=JSON, headers=headers)
@@ -451,7 +451,7 @@ class Gateway:
         self, call: _Call, include_usage: bool, hit: CacheHit | None, ticket: CacheTicket | None
     ) -> Response:
         """Start an SSE answer; errors before the first token still get a proper status code."""
-        headers = {"x-flywheel-arm": call.route.arm, "cache-control": "no-cache"}
+        headers = {**_route_headers(call.route), "cache-control": "no-cache"}
         encoder = ChunkEncoder(call.request_id, call.model, int(time.time()))
         if hit is not None:
             headers["x-flywheel-cache"] = hit.kind
@@ -698,6 +698,11 @@ def _sink_stats(sink: RequestSink) -> dict[str, object] | None:
     if stats is None:
         return None
     return dict(stats() if callable(stats) else stats)
+
+
+def _route_headers(route: Route) -> dict[str, str]:
+    """Which arm and model version answered (for clients, canary debugging and tests)."""
+    return {"x-flywheel-arm": route.arm, "x-flywheel-model-version": route.model_version or "base"}
 
 
 def _describe(route: Route) -> Mapping[str, str | None]:

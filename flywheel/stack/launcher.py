@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from flywheel.settings import Environment
-from flywheel.stack.ports import ensure_port_free
+from flywheel.stack.ports import ensure_port_free, port_is_free
 from flywheel.stack.services import ServiceSpec
 
 
@@ -208,13 +208,21 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _stop_one(state: ServiceState, grace_s: float) -> None:
+def _stop_one(state: ServiceState, host: str, grace_s: float) -> None:
     _signal_group(state, signal.SIGTERM)
     _wait_group_gone(state, grace_s)
     if _group_alive(state.pgid):
         _signal_group(state, signal.SIGKILL)
         _wait_group_gone(state, 5.0)
     _reap(state.pid)
+    _wait_port_released(host, state.port, 5.0)
+
+
+def _wait_port_released(host: str, port: int, timeout_s: float) -> None:
+    """The kernel closes a dead process's sockets a moment after it exits: wait so a restart can bind."""
+    deadline = time.monotonic() + timeout_s
+    while not port_is_free(host, port) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _signal_group(state: ServiceState, sig: signal.Signals) -> None:
@@ -259,10 +267,11 @@ def down(
         if state is None:
             continue
         if _group_alive(state.pgid):
-            _stop_one(state, grace_s)
+            _stop_one(state, env.host, grace_s)
             stopped.append(spec.name)
             on_event(f"{spec.name}: stopped (pid {state.pid})")
         else:
+            _wait_port_released(env.host, state.port, 5.0)
             on_event(f"{spec.name}: was not running (stale record removed)")
         _state_path(env, spec.name).unlink(missing_ok=True)
     return stopped
