@@ -202,8 +202,11 @@ def _run_deployment(
 
 
 @demo_app.callback()
-def demo(ctx: typer.Context) -> None:
-    """The main job on the embedded stack: bring it up, seed the demo workload, report.
+def demo(
+    ctx: typer.Context,
+    requests: Annotated[int, typer.Option(help="Live requests to send through the gateway.")] = 24,
+) -> None:
+    """The main job on the embedded stack: bring it up, seed the demo workload, serve live traffic, report.
 
     Later stages (harvest, curate, retrain, gate, canary) join this job as they land.
     """
@@ -215,7 +218,7 @@ def demo(ctx: typer.Context) -> None:
     timings: dict[str, float] = {}
 
     t0 = time.monotonic()
-    _say("[bold]1/2[/] starting the embedded stack (Prefect, MLflow, deployment runner)")
+    _say("[bold]1/3[/] starting the embedded stack (Prefect, MLflow, deployment runner, gateway)")
     try:
         launcher.up(env, embedded_services(env), on_event=_say)
     except (PortInUseError, launcher.ServiceStartError) as error:
@@ -223,13 +226,20 @@ def demo(ctx: typer.Context) -> None:
     timings["stack up"] = time.monotonic() - t0
 
     t0 = time.monotonic()
-    _say("[bold]2/2[/] seed-demo: writing the demo workload through its Prefect deployment")
+    _say("[bold]2/3[/] seed-demo: writing the demo workload through its Prefect deployment")
     state = _run_deployment(env, "seed-demo/on-demand", {}, wait=True, timeout=None)
     timings["seed-demo"] = time.monotonic() - t0
     if not state.is_completed():
         raise _fail("seed-demo did not complete; see the flow run in the Prefect UI")
 
+    t0 = time.monotonic()
+    _say(f"[bold]3/3[/] live traffic: {requests} simulated customer requests through the gateway")
+    summary = _simulate(env, params, requests=requests, concurrency=2)
+    timings["live traffic"] = time.monotonic() - t0
+
     _print_demo_report(env, params, timings, time.monotonic() - started)
+    for line in summary.lines():
+        console.print(f"  {line}", highlight=False)
 
 
 def _print_demo_report(env: Environment, params: Any, timings: dict[str, float], total: float) -> None:
@@ -292,32 +302,62 @@ def simulate(
     Questions come from the training pool (never the held-out eval set); each answer is scored by the
     simulated user against the knowledge base, and `--feedback-rate` of them are sent as feedback.
     """
+    params = _params_or_exit()
+    summary = _simulate(
+        _environment(),
+        params,
+        requests=requests,
+        concurrency=concurrency,
+        users=users,
+        feedback_rate=feedback_rate,
+        max_tokens=max_tokens,
+        seed=seed,
+        url=url,
+        api_key=api_key,
+    )
+    for line in summary.lines():
+        console.print(line, highlight=False)
+    if summary.ok == 0:
+        raise _fail("no request succeeded; is the gateway up (`flywheel status`)?")
+
+
+def _simulate(
+    env: Environment,
+    params: Any,
+    *,
+    requests: int,
+    concurrency: int,
+    users: int = 200,
+    feedback_rate: float = 0.6,
+    max_tokens: int = 64,
+    seed: int | None = None,
+    url: str | None = None,
+    api_key: str | None = None,
+) -> Any:
+    """Run the traffic simulator against the gateway with progress lines; return its summary."""
     import asyncio
 
     from flywheel.demo.simulated_user import SimulatedUser
     from flywheel.demo.simulator import simulate as run_simulation
     from flywheel.demo.simulator import training_questions
 
-    params = _params_or_exit()
-    env = _environment()
     key = api_key or _first_gateway_key(env) or "no-key"
     base = url or env.gateway_url
     _say(f"simulating {requests} requests, concurrency {concurrency}, {users} users -> {base}")
-    user = SimulatedUser.from_params(params.demo)
     step = max(1, requests // 10)
 
     def progress(done: int, total: int) -> None:
         if done % step == 0 or done == total:
             _say(f"  {done}/{total} requests")
 
-    summary = asyncio.run(
+    return asyncio.run(
         run_simulation(
             base,
             key,
             requests=requests,
             concurrency=concurrency,
             model=params.project.application,
-            user=user,
+            user=SimulatedUser.from_params(params.demo),
             questions=training_questions(params.demo.eval_paraphrases),
             users=users,
             feedback_rate=feedback_rate,
@@ -326,10 +366,6 @@ def simulate(
             on_progress=progress,
         )
     )
-    for line in summary.lines():
-        console.print(line, highlight=False)
-    if summary.ok == 0:
-        raise _fail(f"no request succeeded against {base}; is the gateway up (`flywheel status`)?")
 
 
 def _first_gateway_key(env: Environment) -> str | None:
