@@ -65,8 +65,12 @@ format: install ## Format the code with ruff
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: install ## Run the benchmarks (print figures)
+bench: install ## Run the benchmarks (print figures; each has --help)
 	$(PY) bench/bench_startup.py
+	$(PY) bench/bench_model.py
+	$(PY) bench/bench_demo.py --records 1000000
+	$(PY) bench/bench_requestlog.py
+	$(PY) bench/bench_gateway.py
 
 clean: ## Remove the embedded stack's state (.flywheel) after stopping it
 	-$(VENV)/bin/flywheel down

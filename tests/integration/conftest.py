@@ -42,7 +42,7 @@ def stack_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]
 
 @pytest.fixture(scope="session")
 def stack(stack_env: Environment) -> Iterator[Environment]:
-    """Prefect, MLflow, the deployment runner and the gateway (real SmolLM2), really running; stopped by pid."""
+    """Prefect, MLflow, the runner and the gateway (real SmolLM2), really running; stopped by pid after."""
     specs = embedded_services(stack_env)
     launcher.up(stack_env, specs)
     states = [launcher.read_state(stack_env, spec.name) for spec in specs]
