@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
 from flywheel.demo import HashingEmbedder, SimulatedUser, load_knowledge
 from flywheel.demo.simulator import simulate, training_questions
@@ -19,6 +16,7 @@ from gateway.auth import ApiKeys
 from gateway.contracts import RouteTable
 from gateway.ports import MemorySink
 from tests.helpers.fake_gateway import EchoBackend, StaticRoutes, route
+from tests.helpers.servers import serve_in_thread
 
 KEY = "sim-test-key"
 
@@ -38,19 +36,8 @@ def gateway() -> Iterator[tuple[str, MemorySink]]:
         keys=ApiKeys.from_pairs([("sim", KEY)]),
     )
     app = create_app(GatewayParams(), deps, tune_gc=False)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}", sink
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app) as base_url:
+        yield base_url, sink
 
 
 def test_simulation_sends_requests_as_sticky_users_and_rates_answers(gateway: tuple[str, MemorySink]) -> None:

@@ -7,14 +7,12 @@ server, so those run uvicorn in a background thread on a free loopback port.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from openai import OpenAI
@@ -22,7 +20,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message
 
 from flywheel.settings import CacheParams, GatewayParams, PriceParams
-from flywheel.stack.ports import free_port
 from gateway.app import GatewayDeps, create_app
 from gateway.auth import ApiKeys
 from gateway.contracts import RouteTable
@@ -38,6 +35,7 @@ from tests.helpers.fake_gateway import (
     StaticRoutes,
     route,
 )
+from tests.helpers.servers import serve_in_thread
 
 APP = "support-assistant"
 KEY = "sk-test-alice-0123456789"
@@ -142,21 +140,8 @@ def sse_events(text: str) -> list[str]:
 def served() -> Iterator[tuple[str, MemorySink]]:
     """The app under uvicorn on a free loopback port, in a background thread."""
     app, _backend, sink, _routes = build()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start within 20 s"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1", sink
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_in_thread(app) as base_url:
+        yield f"{base_url}/v1", sink
 
 
 def test_openai_client_non_streaming_works_unchanged(served: tuple[str, MemorySink]) -> None:
