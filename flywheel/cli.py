@@ -3,6 +3,7 @@
 flywheel up | down | status [--json]     the embedded stack
 flywheel run FLOW [-p key=value]...      run a flow's deployment, as the Prefect UI would
 flywheel demo                            the main job: stack up, then the demo flywheel
+flywheel simulate -n N -c C              live demo traffic through the gateway, with feedback
 flywheel config [--schema]               validate and show params.yaml
 """
 
@@ -12,6 +13,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -20,7 +22,14 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from flywheel.settings import Environment, ParamsError, apply_offline_environ, load_params, params_schema
+from flywheel.settings import (
+    Environment,
+    Params,
+    ParamsError,
+    apply_offline_environ,
+    load_params,
+    params_schema,
+)
 from flywheel.stack import launcher
 from flywheel.stack.ports import PortInUseError
 from flywheel.stack.services import embedded_services
@@ -55,7 +64,7 @@ def _environment() -> Environment:
     return Environment()
 
 
-def _params_or_exit() -> Any:
+def _params_or_exit() -> Params:
     try:
         return load_params()
     except ParamsError as error:
@@ -76,7 +85,10 @@ def _status_table(statuses: list[launcher.ServiceStatus]) -> Table:
 
 @app.command()
 def up(
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for each service to be healthy.")] = 180.0,
+    timeout: Annotated[
+        float | None,
+        typer.Option(help="Seconds to wait for each service to be healthy (default: 180; gateway 300)."),
+    ] = None,
 ) -> None:
     """Start the embedded stack: Prefect server, MLflow server and the deployment runner.
 
@@ -86,7 +98,9 @@ def up(
     """
     env = _environment()
     _params_or_exit()  # a bad params file must fail here, not inside the runner
-    specs = [_with_timeout(s, timeout) for s in embedded_services(env)]
+    specs = embedded_services(env)
+    if timeout is not None:
+        specs = [replace(spec, start_timeout_s=timeout) for spec in specs]
     try:
         statuses = launcher.up(env, specs, on_event=_say)
     except PortInUseError as error:
@@ -95,12 +109,6 @@ def up(
         raise _fail(str(error)) from None
     console.print(_status_table(statuses))
     console.print(f"Prefect UI: {env.api_url.removesuffix('/api')}   MLflow UI: {env.tracking_uri}")
-
-
-def _with_timeout(spec: Any, timeout: float) -> Any:
-    from dataclasses import replace
-
-    return replace(spec, start_timeout_s=timeout)
 
 
 @app.command()
@@ -242,7 +250,7 @@ def demo(
         console.print(f"  {line}", highlight=False)
 
 
-def _print_demo_report(env: Environment, params: Any, timings: dict[str, float], total: float) -> None:
+def _print_demo_report(env: Environment, params: Params, timings: dict[str, float], total: float) -> None:
     from flywheel.demo import read_manifest
 
     manifest = read_manifest(env.data_dir / "demo")
@@ -323,7 +331,7 @@ def simulate(
 
 def _simulate(
     env: Environment,
-    params: Any,
+    params: Params,
     *,
     requests: int,
     concurrency: int,
