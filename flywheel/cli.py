@@ -108,7 +108,10 @@ def up(
     except launcher.ServiceStartError as error:
         raise _fail(str(error)) from None
     console.print(_status_table(statuses))
-    console.print(f"Prefect UI: {env.api_url.removesuffix('/api')}   MLflow UI: {env.tracking_uri}")
+    console.print(
+        f"Prefect UI: {env.api_url.removesuffix('/api')}   MLflow UI: {env.tracking_uri}   "
+        f"Gateway (OpenAI API): {env.gateway_url}/v1"
+    )
 
 
 @app.command()
@@ -266,6 +269,7 @@ def _print_demo_report(env: Environment, params: Params, timings: dict[str, floa
     console.print(
         f"\nPrefect UI: {env.api_url.removesuffix('/api')}  (deployments: /deployments)\n"
         f"MLflow UI:  {env.tracking_uri}\n"
+        f"Gateway:    {env.gateway_url}/v1 (any OpenAI client; /healthz, /metrics)\n"
         f"Data:       {env.data_dir}\n"
         "Stop the stack with `flywheel down` (or `make down`)."
     )
