@@ -54,6 +54,13 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         params_section="demo",
         description="Write the demo workload (knowledge base, eval set, historical request logs).",
     ),
+    DeploymentSpec(
+        flow_name="harvest",
+        name="on-demand",
+        entrypoint="flows/harvest.py:harvest",
+        params_section="harvest",
+        description="Harvest new records by watermark (request log or JSONL files) into data/raw.",
+    ),
 )
 
 

@@ -110,8 +110,16 @@ class ModelParams(_Section):
 
 class HarvestParams(_Section):
     schedule: str | None = Field(None, description="Cron schedule; null = run by a parent flow.")
+    source: Literal["requestlog", "files"] = Field(
+        "requestlog", description="Default source: the gateway's request log, or JSONL files in incoming_dir."
+    )
     incoming_dir: str = Field("incoming", description="JSONL exports to harvest, under the data dir.")
-    max_malformed_share: float = Field(0.2, ge=0.0, le=1.0)
+    raw_dir: str = Field("raw", description="Raw partitions (and quarantine/), under the data dir.")
+    max_record_bytes: int = Field(1_048_576, ge=1, description="Larger records are quarantined as oversize.")
+    limit: int | None = Field(None, ge=1, description="Most records per run; null = everything new.")
+    max_malformed_share: float = Field(
+        0.2, ge=0.0, le=1.0, description="The run fails (watermark not moved) above this quarantined share."
+    )
 
     _cron = field_validator("schedule")(_check_cron)
 

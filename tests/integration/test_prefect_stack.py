@@ -81,3 +81,31 @@ def test_status_json_reports_every_service_healthy(stack: Environment) -> None:
     assert set(services) == {"prefect", "mlflow", "runner", "gateway"}, f"services: {sorted(services)}"
     assert all(s["healthy"] for s in services.values()), f"all should be healthy: {services}"
     assert payload["healthy"] is True, payload
+
+
+def test_harvest_runs_from_the_cli_over_the_seeded_history(stack: Environment) -> None:
+    # given the demo history seeded by the previous test (seed 7, 400 records, into the inbox)
+    history = stack.data_dir / "incoming" / "demo-history-seed7.jsonl"
+    assert history.exists(), "seed-demo should have written the history first"
+    # when harvest runs through its deployment over the JSONL files
+    result = _prefect(
+        stack,
+        "deployment",
+        "run",
+        "harvest/on-demand",
+        "-p",
+        "source=files",
+        "--watch",
+        "--watch-timeout",
+        "240",
+    )
+    assert result.returncode == 0 and "Completed" in result.stdout, (
+        f"harvest failed:\n{result.stdout}\n{result.stderr}"
+    )
+    # then a raw partition and a quarantine partition exist, and together hold every history line
+    raw = stack.data_dir / "raw"
+    kept = sum(len(p.read_bytes().splitlines()) for p in raw.glob("part-*.jsonl"))
+    quarantined = sum(len(p.read_bytes().splitlines()) for p in (raw / "quarantine").glob("part-*.jsonl"))
+    total = len([line for line in history.read_bytes().split(b"\n") if line.strip()])
+    assert kept > 0 and quarantined > 0, f"expected kept and quarantined records: {kept}, {quarantined}"
+    assert kept + quarantined == total, f"every line accounted for: {kept} + {quarantined} != {total}"
