@@ -19,7 +19,7 @@ export DVC_NO_ANALYTICS := 1
 .PHONY: help install run up down status test test-unit test-integration test-e2e check lint format bench clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +36,7 @@ install: $(STAMP) ## Create .venv (if missing) and install the locked dependenci
 run: install ## Bring the embedded stack up and run the main job (the demo flywheel)
 	$(VENV)/bin/flywheel demo
 
-up: install ## Start Prefect, MLflow and the deployment runner (embedded default)
+up: install ## Start Prefect, MLflow, the deployment runner and the gateway (embedded default)
 	$(VENV)/bin/flywheel up
 
 down: ## Stop the processes `make up` started
