@@ -403,7 +403,7 @@ def config(
     params = _params_or_exit()
     env = _environment()
     typer.echo(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
-    where = env.model_dump(mode="json", exclude={"openai_api_key"})
+    where = env.model_dump(mode="json", exclude={"gateway_api_keys"})  # a secret: never printed
     where["tracking_uri"], where["api_url"] = env.tracking_uri, env.api_url
     typer.echo("# environment (where things run)\n" + yaml.safe_dump(where, sort_keys=False))
 

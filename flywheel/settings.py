@@ -368,7 +368,6 @@ class Environment(BaseSettings):
     gateway_port: int = Field(8000, validation_alias="FLYWHEEL_GATEWAY_PORT", ge=1, le=65535)
     mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
-    openai_api_key: str | None = Field(None, validation_alias="OPENAI_API_KEY", repr=False)
     gateway_keys_file: Path | None = Field(
         None,
         validation_alias="FLYWHEEL_GATEWAY_KEYS_FILE",

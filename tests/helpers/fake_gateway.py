@@ -59,11 +59,9 @@ class EchoBackend:
         prompt_tokens = sum(_words(m["content"]) for m in request.messages)
         return text, finish, prompt_tokens, _words(text)
 
-    async def complete(self, request: CompletionRequest) -> Completion:
-        """The echo, as one completion."""
-        self.calls.append(request)
-        started = time.perf_counter()
-        text, finish, prompt_tokens, completion_tokens = self._answer(request)
+    def _completion(
+        self, text: str, finish: str, prompt_tokens: int, completion_tokens: int, started: float
+    ) -> Completion:
         return Completion(
             text=text,
             finish_reason=finish,  # type: ignore[arg-type]  # "stop" | "length" by construction
@@ -74,6 +72,13 @@ class EchoBackend:
             backend=self.name,
             served_model=self.served_model,
         )
+
+    async def complete(self, request: CompletionRequest) -> Completion:
+        """The echo, as one completion."""
+        self.calls.append(request)
+        started = time.perf_counter()
+        text, finish, prompt_tokens, completion_tokens = self._answer(request)
+        return self._completion(text, finish, prompt_tokens, completion_tokens, started)
 
     async def stream(self, request: CompletionRequest, result: StreamResult) -> AsyncIterator[StreamDelta]:
         """The echo, one word per delta."""
@@ -90,16 +95,7 @@ class EchoBackend:
                 yield StreamDelta(word if index == 0 else " " + word)
         finally:
             self.streams_closed += 1
-        result.completion = Completion(
-            text=text,
-            finish_reason=finish,  # type: ignore[arg-type]  # "stop" | "length" by construction
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            ttft_s=0.0,
-            latency_s=time.perf_counter() - started,
-            backend=self.name,
-            served_model=self.served_model,
-        )
+        result.completion = self._completion(text, finish, prompt_tokens, completion_tokens, started)
 
     async def aclose(self) -> None:
         """Remember that the app closed it."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -61,7 +60,3 @@ def mlflow_uri(stack: Environment) -> Iterator[str]:
 
     configure_tracking(stack.tracking_uri, experiment="flywheel-tests")
     yield stack.tracking_uri
-
-
-def data_dir(env: Environment) -> Path:
-    return env.data_dir
