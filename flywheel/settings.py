@@ -124,9 +124,52 @@ class HarvestParams(_Section):
     _cron = field_validator("schedule")(_check_cron)
 
 
+PiiEntity = Literal["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IP_ADDRESS", "PERSON"]
+ChatFormat = Literal["chatml", "alpaca", "sharegpt"]
+
+
+class SplitParams(_Section):
+    """Shares of curated clusters per split; what is left after train and validation is eval."""
+
+    train: float = Field(0.8, gt=0.0, lt=1.0)
+    validation: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _leaves_eval(self) -> SplitParams:
+        if self.train + self.validation >= 1.0:
+            raise ValueError("split.train + split.validation must leave a share for eval (< 1.0)")
+        return self
+
+
 class CurateParams(_Section):
-    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    schedule: str | None = Field(None, description="cron, or null when the flywheel flow runs it")
+    curated_dir: str = Field("curated", description="under the data dir: the curated splits and funnel")
+    pii_entities: tuple[PiiEntity, ...] = (
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "IP_ADDRESS",
+        "PERSON",
+    )
+    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity of shingles")
+    minhash_permutations: int = Field(64, ge=8, le=512)
+    shingle_chars: int = Field(4, ge=2, le=16, description="character n-gram size of MinHash shingles")
+    injection_similarity: float = Field(
+        0.8, gt=0.0, le=1.0, description="cosine to the injection seed list above which a prompt is dropped"
+    )
+    min_prompt_chars: int = Field(3, ge=0)
+    max_prompt_chars: int = Field(4000, ge=1)
+    min_response_chars: int = Field(2, ge=0)
+    max_response_chars: int = Field(4000, ge=1)
+    min_ascii_letter_share: float = Field(
+        0.5, ge=0.0, le=1.0, description="language heuristic: share of Latin letters among letters"
+    )
+    keep_unrated: bool = Field(True, description="keep answers nobody rated (rated -1 are always dropped)")
+    format: ChatFormat = "chatml"
+    split: SplitParams = SplitParams()
     seed: int = 7
+
+    _cron = field_validator("schedule")(_check_cron)
 
 
 class TrainParams(_Section):

@@ -4,7 +4,7 @@ The shared fixture for tests, the demo and the benchmarks. Everything is
 seeded; nothing runs at import time.
 """
 
-from flywheel.demo.history import INVALID_KINDS, KINDS, VALID_KINDS, HistoryGenerator
+from flywheel.demo.history import INVALID_KINDS, KINDS, VALID_KINDS, HistoryGenerator, Planted
 from flywheel.demo.knowledge import (
     EVAL_SUITE,
     FACTS,
@@ -42,6 +42,7 @@ __all__ = [
     "FileDigest",
     "HashingEmbedder",
     "HistoryGenerator",
+    "Planted",
     "Question",
     "SimulatedUser",
     "eval_suite",

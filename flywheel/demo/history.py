@@ -168,6 +168,20 @@ def stale_answer(answer: str, rnd: random.Random) -> str | None:
 
 
 @dataclass(frozen=True)
+class Planted:
+    """One record the generator planted something in, for tests that must find it again.
+
+    `value` is the personal data (PII kinds), the original question (near
+    duplicates) or the attack text (injections); `text` is the user message.
+    """
+
+    request_id: str
+    kind: str
+    value: str
+    text: str
+
+
+@dataclass(frozen=True)
 class _Draws:
     """Per-record values drawn for one chunk, as Python lists ready for formatting."""
 
@@ -218,6 +232,8 @@ class HistoryGenerator:
         self.feedback: dict[str, dict[str, int]] = {
             side: dict.fromkeys(FEEDBACK_STATES, 0) for side in ("right", "wrong")
         }
+        # What the last pass over `chunks` planted: PII, near duplicates, injections.
+        self.planted: list[Planted] = []
 
     # -- tables: everything per fact, question and answer, serialised once ----------
 
@@ -361,6 +377,7 @@ class HistoryGenerator:
         wrote; every other line is plain UTF-8.
         """
         self.feedback = {side: dict.fromkeys(FEEDBACK_STATES, 0) for side in ("right", "wrong")}
+        self.planted = []
         rng = np.random.default_rng(self._record_seq)
         rnd = random.Random(self._rare_seed)  # noqa: S311  # reproducible test data, not secrets
         last_normal = ""
@@ -531,18 +548,25 @@ class HistoryGenerator:
     def _special(self, name: str, d: _Draws, j: int, rnd: random.Random) -> str:
         """Every kind but normal and duplicate (the rare path: a few % of records)."""
         question = self._q_text[d.question[j]]
+        request_id = d.request_hex[32 * j : 32 * j + 32]
         if name == "near_duplicate":
             q = d.question[j]
-            return self._answered(d, j, self._nd_text[self._nd_off[q] + d.variant[j] % self._nd_cnt[q]])
+            variant = self._nd_text[self._nd_off[q] + d.variant[j] % self._nd_cnt[q]]
+            self.planted.append(Planted(request_id, name, question, variant))
+            return self._answered(d, j, variant)
         if name in PII_KINDS:
-            return self._answered(d, j, traffic.with_pii(name, question, rnd))
+            text, value = traffic.with_pii(name, question, rnd)
+            self.planted.append(Planted(request_id, name, value, text))
+            return self._answered(d, j, text)
         if name == "injection":
             # The old model mostly refused, but sometimes leaked its instructions.
             if rnd.random() < _INJECTION_LEAK_RATE:
                 reply = traffic.INJECTION_LEAK_PREFIX + HISTORY_SYSTEM_PROMPT
             else:
                 reply = rnd.choice(traffic.INJECTION_REFUSALS)
-            return self._replied(d, j, rnd.choice(traffic.INJECTION_PROMPTS), reply)
+            attack = rnd.choice(traffic.INJECTION_PROMPTS)
+            self.planted.append(Planted(request_id, name, attack, attack))
+            return self._replied(d, j, attack, reply)
         if name == "empty":
             return self._replied(d, j, rnd.choice(traffic.EMPTY_CONTENTS), traffic.EMPTY_REPLY)
         if name == "oversize":

@@ -226,10 +226,11 @@ PII_MAKERS = {
 }
 
 
-def with_pii(kind: str, question: str, rnd: random.Random) -> str:
-    """The question with one piece of personal data of `kind` worked in."""
+def with_pii(kind: str, question: str, rnd: random.Random) -> tuple[str, str]:
+    """The question with one piece of personal data of `kind` worked in, and that value."""
     template = rnd.choice(PII_TEMPLATES[kind])
-    return template.format(q=question, value=PII_MAKERS[kind](rnd))
+    value = PII_MAKERS[kind](rnd)
+    return template.format(q=question, value=value), value
 
 
 def _swap_letters(text: str, rnd: random.Random) -> str:

@@ -1,0 +1,1 @@
+"""Curation: raw partitions to clean, private, deduplicated, split training data."""

@@ -1,0 +1,71 @@
+"""Normalisation: the same text for the same words, turns in the order a chat has them.
+
+Vectorised with pyarrow compute (RE2 and ICU-free unicode kernels in C++), so a
+million records take about a second rather than the ~17 s a Python loop needs.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tasks.curate.steps import StepResult
+
+# Zero-width and BOM characters users paste in from other apps; they make equal
+# questions look different to dedup and carry no meaning.
+_INVISIBLE = "[\u200b\u200c\u200d\u2060\ufeff]"
+# What a request a model can learn from looks like: optional system prompt, then
+# user/assistant turns alternating, ending with the user's question.
+ROLE_ORDER = r"^(system,)?(user,assistant,)*user$"
+
+
+def normalise_text(texts: pd.Series) -> pd.Series:
+    """NFKC, no invisible characters, runs of whitespace as one space, trimmed; None stays None."""
+    array = pa.array(texts, type=pa.large_string(), from_pandas=True)
+    array = pc.utf8_normalize(array, form="NFKC")
+    array = pc.replace_substring_regex(array, pattern=_INVISIBLE, replacement="")
+    array = pc.replace_substring_regex(array, pattern=r"\s+", replacement=" ")
+    array = pc.utf8_trim_whitespace(array)
+    return pd.Series(array.to_pylist(), index=texts.index, dtype=object)
+
+
+def _normalise_history(history: str) -> str:
+    """Normalise the contents of a JSON list of earlier turns (rare: multi-turn records)."""
+    import orjson  # local: only multi-turn rows pay for it
+
+    turns = orjson.loads(history)
+    texts = normalise_text(pd.Series([turn["content"] for turn in turns], dtype=object))
+    return orjson.dumps(
+        [{"role": turn["role"], "content": text} for turn, text in zip(turns, texts, strict=True)]
+    ).decode()
+
+
+def normalise(frame: pd.DataFrame) -> StepResult:
+    """Normalise every text column; drop records with bad turn order or an empty turn.
+
+    Dropped by reason: `role_order` (turns not `[system,] (user, assistant)* user`),
+    `empty_prompt` (nothing left of the question), `empty_response` (an answered
+    request whose answer is blank). Failed requests (no response) pass through
+    untouched here; the failed-request filter counts them.
+    """
+    out = frame.copy()
+    for column in ("system", "prompt", "response"):
+        out[column] = normalise_text(out[column])
+    multi = out["history"] != "[]"
+    if multi.any():
+        out.loc[multi, "history"] = out.loc[multi, "history"].map(_normalise_history)
+    roles = pa.array(out["roles"], type=pa.large_string())
+    bad_order = ~pc.match_substring_regex(roles, pattern=ROLE_ORDER).to_numpy(zero_copy_only=False)
+    empty_prompt = (out["prompt"].str.len() == 0).to_numpy()
+    has_response = out["response"].notna().to_numpy()
+    empty_response = has_response & (out["response"].fillna("x").str.len() == 0).to_numpy()
+    return StepResult.split(
+        "normalise",
+        out,
+        {
+            "role_order": bad_order,
+            "empty_prompt": empty_prompt & ~bad_order,
+            "empty_response": empty_response & ~bad_order & ~empty_prompt,
+        },
+    )

@@ -1,0 +1,106 @@
+"""What every curate step returns, and the funnel that adds them up.
+
+Each step is a plain function `frame -> StepResult`: the rows it kept, and the
+request ids it dropped with a reason each. The funnel chains the counts and
+checks the books balance (records in = kept + every drop), so no record leaves
+curation without a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One step's output: kept rows, dropped ids by reason, and numbers worth reporting."""
+
+    step: str
+    kept: pd.DataFrame
+    dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> request ids
+    stats: dict[str, int] = field(default_factory=dict)  # e.g. redactions per entity
+
+    @property
+    def n_in(self) -> int:
+        return len(self.kept) + self.n_dropped
+
+    @property
+    def n_dropped(self) -> int:
+        return sum(len(ids) for ids in self.dropped.values())
+
+    @classmethod
+    def split(
+        cls,
+        step: str,
+        frame: pd.DataFrame,
+        masks: Mapping[str, np.ndarray],
+        stats: dict[str, int] | None = None,
+    ) -> StepResult:
+        """Drop the rows flagged by each mask; a row flagged twice counts for its first reason."""
+        taken = np.zeros(len(frame), dtype=bool)
+        dropped: dict[str, list[str]] = {}
+        ids = frame["request_id"].to_numpy()
+        for reason, mask in masks.items():
+            mine = np.asarray(mask, dtype=bool) & ~taken
+            taken |= mine
+            if mine.any():
+                dropped[reason] = ids[mine].tolist()
+        kept = frame.loc[~taken].reset_index(drop=True) if taken.any() else frame
+        return cls(step, kept, dropped, dict(stats or {}))
+
+
+class FunnelMismatch(AssertionError):
+    """The books do not balance: a step lost or invented records."""
+
+
+@dataclass
+class Funnel:
+    """The chain of steps of one curation run, in order."""
+
+    n_in: int
+    steps: list[StepResult] = field(default_factory=list)
+
+    def add(self, result: StepResult) -> pd.DataFrame:
+        """Record a step and hand its kept rows to the next; raise if its counts do not chain."""
+        expected = len(self.steps[-1].kept) if self.steps else self.n_in
+        if result.n_in != expected:
+            raise FunnelMismatch(
+                f"step {result.step!r} accounts for {result.n_in} records but received {expected}"
+            )
+        self.steps.append(result)
+        return result.kept
+
+    @property
+    def n_out(self) -> int:
+        return len(self.steps[-1].kept) if self.steps else self.n_in
+
+    def dropped_by_reason(self) -> dict[str, int]:
+        """`step.reason -> count` over every step, in funnel order."""
+        return {
+            f"{result.step}.{reason}": len(ids)
+            for result in self.steps
+            for reason, ids in result.dropped.items()
+        }
+
+    def check(self) -> None:
+        """Records in = records out + every drop, or `FunnelMismatch`."""
+        dropped = sum(self.dropped_by_reason().values())
+        if self.n_in != self.n_out + dropped:
+            raise FunnelMismatch(f"{self.n_in} in != {self.n_out} out + {dropped} dropped")
+
+    def table(self) -> list[dict[str, object]]:
+        """One row per step: records in and out, drops by reason, step stats."""
+        return [
+            {
+                "step": result.step,
+                "in": result.n_in,
+                "out": len(result.kept),
+                "dropped": {reason: len(ids) for reason, ids in result.dropped.items()},
+                "stats": result.stats,
+            }
+            for result in self.steps
+        ]
