@@ -110,8 +110,10 @@ class ModelParams(_Section):
 
 class HarvestParams(_Section):
     schedule: str | None = Field(None, description="Cron schedule; null = run by a parent flow.")
-    source: Literal["requestlog", "files"] = Field(
-        "requestlog", description="Default source: the gateway's request log, or JSONL files in incoming_dir."
+    source: Literal["requestlog", "files", "sql"] = Field(
+        "requestlog",
+        description="Default source: the gateway's request log; files (*.jsonl, *.parquet) in incoming_dir "
+        "or at a flow's url (any fsspec URL); or sql, a table at a flow's url (?table=T&key=id).",
     )
     incoming_dir: str = Field("incoming", description="JSONL exports to harvest, under the data dir.")
     raw_dir: str = Field("raw", description="Raw partitions (and quarantine/), under the data dir.")

@@ -6,17 +6,28 @@ from tasks.harvest.harvest import (
     MalformedShareExceeded,
     run_harvest,
 )
-from tasks.harvest.sources import JsonlFilesSource, RequestLogSource
-from tasks.harvest.tasks import harvest_source, make_source, publish_harvest_summary
+from tasks.harvest.sources import (
+    FilesSource,
+    MissingFilesystem,
+    RequestLogSource,
+    SqlTableSource,
+    UnreadableFile,
+    make_source,
+)
+from tasks.harvest.tasks import harvest_source, publish_harvest_summary, source_url
 
 __all__ = [
+    "FilesSource",
     "HarvestConfig",
     "HarvestResult",
-    "JsonlFilesSource",
     "MalformedShareExceeded",
+    "MissingFilesystem",
     "RequestLogSource",
+    "SqlTableSource",
+    "UnreadableFile",
     "harvest_source",
     "make_source",
     "publish_harvest_summary",
     "run_harvest",
+    "source_url",
 ]

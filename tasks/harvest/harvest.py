@@ -14,6 +14,10 @@ move) and none is duplicated (the file name did not change). The id leaves out
 the end watermark on purpose, so a re-run that reads more (the source grew
 meanwhile) still replaces the crashed run's partition rather than adding one.
 
+`crash_point(name)` calls mark the steps between which a kill must be safe; they
+do nothing unless the test variable `FLYWHEEL_TEST_CRASH_AT` names one
+(tests/integration/test_harvest_crash.py SIGKILLs a real harvest at each).
+
 When the malformed share passes the threshold the run writes the quarantine
 (for inspection), removes its valid partition, does not commit the watermark
 and raises `MalformedShareExceeded`: a fixed re-run replaces the same files.
@@ -30,8 +34,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from flywheel.schemas import RequestRecord
+from tasks.harvest.partitions import crash_point, write_or_remove
 from tasks.harvest.partitions import run_id as make_run_id
-from tasks.harvest.partitions import write_or_remove
 from tasks.harvest.quarantine import classify, quarantine_entry
 from tasks.harvest.sources import Source
 from tasks.harvest.watermark import commit_watermark, load_watermark
@@ -101,6 +105,7 @@ def run_harvest(
     """Harvest the records after the source's watermark into one raw partition, exactly once."""
     start = load_watermark(state_dir, source.source_id)
     batch = source.read(start, limit)
+    crash_point("after_read")
     run_id = make_run_id(source.source_id, start)
     valid: list[bytes] = []
     rejected: list[bytes] = []
@@ -117,7 +122,9 @@ def run_harvest(
     exceeded = bool(batch.lines) and len(rejected) / len(batch.lines) > max_malformed_share
     md5: dict[str, str] = {}
     quarantine_md5 = write_or_remove(quarantine_path, rejected)
-    part_md5 = write_or_remove(part_path, [] if exceeded else valid)
+    crash_point("after_quarantine")
+    part_md5 = write_or_remove(part_path, [] if exceeded else valid, tmp_written="partition_tmp_written")
+    crash_point("after_partition")
     if quarantine_md5:
         md5[str(quarantine_path)] = quarantine_md5
     if part_md5:
@@ -140,6 +147,7 @@ def run_harvest(
         raise MalformedShareExceeded(result, max_malformed_share)
     if batch.end_watermark != start:
         commit_watermark(state_dir, source.source_id, batch.end_watermark, run_id)
+        crash_point("after_commit")
     return result
 
 

@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+CRASH_ENV = "FLYWHEEL_TEST_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Test hook: SIGKILL this process here when `FLYWHEEL_TEST_CRASH_AT` names this point.
+
+    A no-op otherwise. tests/integration/test_harvest_crash.py kills a harvest at each
+    point in turn and checks that a re-run harvests every record exactly once.
+    """
+    if name and os.environ.get(CRASH_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_id(source_id: str, start_watermark: dict[str, Any]) -> str:
@@ -34,8 +47,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, lines: Iterable[bytes]) -> str:
-    """Write newline-terminated `lines` to `path` atomically and durably; return the md5."""
+def write_atomic(path: Path, lines: Iterable[bytes], tmp_written: str = "") -> str:
+    """Write newline-terminated `lines` to `path` atomically and durably; return the md5.
+
+    `tmp_written` names the `crash_point` between the fsynced temp file and its rename.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     digest = hashlib.md5()  # noqa: S324  # a content digest as DVC uses, not security
@@ -46,14 +62,15 @@ def write_atomic(path: Path, lines: Iterable[bytes]) -> str:
             out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
+    crash_point(tmp_written)
     os.replace(tmp, path)
     _fsync_dir(path.parent)
     return digest.hexdigest()
 
 
-def write_or_remove(path: Path, lines: list[bytes]) -> str | None:
+def write_or_remove(path: Path, lines: list[bytes], tmp_written: str = "") -> str | None:
     """Write `lines` atomically, or remove a stale file of that name when there are none."""
     if lines:
-        return write_atomic(path, lines)
+        return write_atomic(path, lines, tmp_written)
     path.unlink(missing_ok=True)
     return None

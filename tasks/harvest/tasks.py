@@ -8,16 +8,18 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks.harvest.harvest import HarvestConfig, HarvestResult, run_harvest, summary_markdown
-from tasks.harvest.sources import JsonlFilesSource, RequestLogSource, Source
+from tasks.harvest.sources import make_source
 
 
-def make_source(kind: str, url: str) -> Source:
-    """The source of a kind (`requestlog` or `files`) at `url`."""
+def source_url(kind: str, url: str | None, request_log_uri: str, incoming_dir: Path) -> str:
+    """The URL to harvest: the one given, else the kind's default (a `sql` source has none)."""
+    if url:
+        return url
     if kind == "requestlog":
-        return RequestLogSource(url)
+        return request_log_uri
     if kind == "files":
-        return JsonlFilesSource(url)
-    raise ValueError(f"unknown harvest source {kind!r}; expected 'requestlog' or 'files'")
+        return str(incoming_dir)
+    raise ValueError(f"a {kind!r} harvest source needs a url (e.g. sqlite:///x.db?table=requests&key=id)")
 
 
 @task(name="harvest-source")

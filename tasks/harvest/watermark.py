@@ -31,4 +31,5 @@ def load_watermark(state_dir: Path, source_id: str) -> dict[str, Any]:
 def commit_watermark(state_dir: Path, source_id: str, watermark: dict[str, Any], run_id: str) -> None:
     """Durably replace the source's watermark (temp file, fsync, rename)."""
     payload = {"source": source_id, "watermark": watermark, "run_id": run_id}
-    write_atomic(watermark_path(state_dir, source_id), [orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)])
+    line = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
+    write_atomic(watermark_path(state_dir, source_id), [line], tmp_written="watermark_tmp_written")

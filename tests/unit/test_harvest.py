@@ -13,8 +13,8 @@ from flywheel.demo import INVALID_KINDS, write_demo
 from flywheel.requestlog import RequestLog, open_request_log
 from flywheel.settings import DemoParams
 from tasks.harvest import (
+    FilesSource,
     HarvestResult,
-    JsonlFilesSource,
     MalformedShareExceeded,
     RequestLogSource,
     make_source,
@@ -60,7 +60,7 @@ def harvest_files(
     inbox: Path, tmp_path: Path, max_malformed_share: float = 0.2, limit: int | None = None
 ) -> HarvestResult:
     """Harvest the inbox folder into tmp_path/raw, with state in tmp_path/state."""
-    source = JsonlFilesSource(str(inbox))
+    source = FilesSource(str(inbox))
     return run_harvest(source, tmp_path / "raw", tmp_path / "state", MAX_BYTES, max_malformed_share, limit)
 
 
@@ -251,11 +251,11 @@ def test_crash_between_partition_and_quarantine_write(
     real = harvest_module.write_or_remove
     calls: list[Path] = []
 
-    def second_write_crashes(path: Path, lines: list[bytes]) -> str | None:
+    def second_write_crashes(path: Path, lines: list[bytes], tmp_written: str = "") -> str | None:
         calls.append(path)
         if len(calls) == 2:
             raise Crash("killed")
-        return real(path, lines)
+        return real(path, lines, tmp_written)
 
     with monkeypatch.context() as patch:
         patch.setattr(harvest_module, "write_or_remove", second_write_crashes)
@@ -317,6 +317,6 @@ def test_summary_markdown_lists_counts_by_reason(inbox: Path, tmp_path: Path) ->
 
 
 def test_make_source_rejects_unknown_kinds() -> None:
-    assert isinstance(make_source("files", "data/incoming"), JsonlFilesSource), "files -> JSONL source"
-    with pytest.raises(ValueError, match="unknown harvest source 'sql'"):
-        make_source("sql", "sqlite://")
+    assert isinstance(make_source("files", "data/incoming"), FilesSource), "files -> files source"
+    with pytest.raises(ValueError, match="unknown harvest source 'kafka'"):
+        make_source("kafka", "kafka://broker/topic")
