@@ -59,7 +59,14 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         name="on-demand",
         entrypoint="flows/harvest.py:harvest",
         params_section="harvest",
-        description="Harvest new records by watermark (request log or JSONL files) into data/raw.",
+        description="Harvest new records by watermark (request log, JSONL/Parquet files, SQL) into data/raw.",
+    ),
+    DeploymentSpec(
+        flow_name="curate",
+        name="on-demand",
+        entrypoint="flows/curate.py:curate",
+        params_section="curate",
+        description="Curate raw partitions into validated, PII-free, deduplicated training and eval splits.",
     ),
 )
 

@@ -7,7 +7,13 @@ from typing import Literal
 from prefect import flow
 
 from flywheel.settings import Environment, load_params, override
-from tasks.harvest import HarvestConfig, harvest_source, publish_harvest_summary, source_url
+from tasks.harvest import (
+    HarvestConfig,
+    harvest_source,
+    publish_harvest_summary,
+    record_raw_with_dvc,
+    source_url,
+)
 
 
 @flow(name="harvest", log_prints=True)
@@ -23,7 +29,8 @@ def harvest(
 
     1. read params (`harvest` section) and where things run (data dir, request log, home)
     2. harvest the source after its watermark: write partitions, then commit the watermark
-    3. publish a summary artifact (counts read, valid, quarantined by reason)
+    3. version `data/raw/` with DVC (`dvc add`, push) when the data dir is in a DVC repo
+    4. publish a summary artifact (counts read, valid, quarantined by reason)
     """
     params = override(load_params().harvest, source=source, limit=limit)
     env = Environment()
@@ -35,5 +42,12 @@ def harvest(
     )
     raw_dir = env.data_dir / params.raw_dir
     result = harvest_source(params.source, where, raw_dir, env.home / "harvest", config)
+    versioned = record_raw_with_dvc(raw_dir)
     publish_harvest_summary(result)
-    return {"run_id": result.run_id, "n_valid": result.n_valid, "reasons": result.reasons}
+    print(versioned.note or f"data/raw versioned: {versioned.hashes}")
+    return {
+        "run_id": result.run_id,
+        "n_valid": result.n_valid,
+        "reasons": result.reasons,
+        "dvc": versioned.hashes,
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flywheel.settings import Environment, load_params, override
-from tasks.demo import publish_seed_summary, write_demo_workload
+from tasks.demo import publish_seed_summary, record_demo_with_dvc, write_demo_workload
 
 
 @flow(name="seed-demo", log_prints=True)
@@ -14,10 +14,14 @@ def seed_demo(seed: int | None = None, n_records: int | None = None) -> dict[str
 
     1. read params (flow parameters override the `demo` section)
     2. write the workload under the data dir (history into the harvest inbox)
-    3. publish a summary artifact (counts of every kind of record)
+    3. record the outputs with DVC (`dvc commit seed_demo`, push) when params were not overridden
+    4. publish a summary artifact (counts of every kind of record)
     """
     params = load_params()
     demo = override(params.demo, seed=seed, n_records=n_records)
-    summary = write_demo_workload(demo, params.project.application, Environment().data_dir, params.harvest)
+    data_dir = Environment().data_dir
+    summary = write_demo_workload(demo, params.project.application, data_dir, params.harvest)
+    versioned = record_demo_with_dvc(data_dir, record=demo == params.demo)
+    print(versioned.note or f"recorded in dvc.lock: {versioned.hashes}")
     publish_seed_summary(summary)
-    return summary
+    return {**summary, "dvc": versioned.hashes}

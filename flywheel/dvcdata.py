@@ -71,12 +71,12 @@ def dvcfile_hashes(root: Path, tracked: Sequence[str]) -> dict[str, str]:
     return hashes
 
 
-def _push(repo: Any) -> tuple[bool, str]:
-    """Push to the default remote; a missing remote is a note, not a failure."""
+def _push(repo: Any, targets: list[str]) -> tuple[bool, str]:
+    """Push `targets` to the default remote; a missing remote is a note, not a failure."""
     if not repo.config.get("core", {}).get("remote"):
         return False, "no default DVC remote configured: not pushed"
-    pushed = repo.push()
-    return True, f"pushed {pushed} file(s)"
+    pushed = repo.push(targets=targets)
+    return True, f"pushed {pushed} file(s) to the DVC remote"
 
 
 def track_data(paths: Sequence[Path], push: bool = True) -> Versioned:
@@ -87,7 +87,7 @@ def track_data(paths: Sequence[Path], push: bool = True) -> Versioned:
     rel = _relative(root, paths)
     with _open(root) as repo:
         repo.add(rel)
-        pushed, note = _push(repo) if push else (False, "push skipped")
+        pushed, note = _push(repo, rel) if push else (False, "push skipped")
     return Versioned(root, dvcfile_hashes(root, rel), pushed, note)
 
 
@@ -101,5 +101,5 @@ def commit_stage(anchor: Path, stage: str, push: bool = True) -> Versioned:
         return Versioned(None, note="data dir is not inside a DVC repo with dvc.yaml: not versioned")
     with _open(root) as repo:
         repo.commit(stage, force=True)
-        pushed, note = _push(repo) if push else (False, "push skipped")
+        pushed, note = _push(repo, [stage]) if push else (False, "push skipped")
     return Versioned(root, lock_hashes(root, stage), pushed, note)

@@ -153,9 +153,9 @@ class CurateParams(_Section):
         "IP_ADDRESS",
         "PERSON",
     )
-    near_dup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity of shingles")
-    minhash_permutations: int = Field(64, ge=8, le=512)
-    shingle_chars: int = Field(4, ge=2, le=16, description="character n-gram size of MinHash shingles")
+    near_dup_threshold: float = Field(0.7, gt=0.0, le=1.0, description="Jaccard similarity of shingles")
+    minhash_permutations: int = Field(128, ge=8, le=512)
+    shingle_chars: int = Field(3, ge=2, le=16, description="character n-gram size of MinHash shingles")
     injection_similarity: float = Field(
         0.8, gt=0.0, le=1.0, description="cosine to the injection seed list above which a prompt is dropped"
     )
@@ -167,6 +167,15 @@ class CurateParams(_Section):
         0.5, ge=0.0, le=1.0, description="language heuristic: share of Latin letters among letters"
     )
     keep_unrated: bool = Field(True, description="keep answers nobody rated (rated -1 are always dropped)")
+    protected_suites: tuple[str, ...] = Field(
+        ("demo/eval.jsonl",),
+        description="under the data dir: JSONL eval/regression suites whose questions never reach train",
+    )
+    validation_sample_rows: int | None = Field(
+        200_000,
+        ge=1000,
+        description="row-level GX checks run on a seeded sample above this many rows; null = every row",
+    )
     format: ChatFormat = "chatml"
     split: SplitParams = SplitParams()
     seed: int = 7

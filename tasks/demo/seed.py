@@ -9,6 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from flywheel.demo import write_demo
+from flywheel.dvcdata import Versioned, commit_stage
 from flywheel.settings import DemoParams, HarvestParams
 
 
@@ -58,3 +59,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 def publish_seed_summary(summary: dict[str, Any]) -> None:
     """Prefect task: publish the summary as a markdown artifact on the flow run."""
     create_markdown_artifact(markdown=summary_markdown(summary), key="seed-demo-summary")
+
+
+@task(name="dvc-commit-seed-demo", retries=2, retry_delay_seconds=[2, 5])
+def record_demo_with_dvc(data_dir: Path, record: bool) -> Versioned:
+    """Prefect task: `dvc commit seed_demo` and push, unless the run overrode params."""
+    if not record:
+        return Versioned(None, note="ran with parameter overrides: not recorded in dvc.lock")
+    return commit_stage(data_dir, "seed_demo")

@@ -14,7 +14,7 @@ from tasks.harvest.sources import (
     UnreadableFile,
     make_source,
 )
-from tasks.harvest.tasks import harvest_source, publish_harvest_summary, source_url
+from tasks.harvest.tasks import harvest_source, publish_harvest_summary, record_raw_with_dvc, source_url
 
 __all__ = [
     "FilesSource",
@@ -28,6 +28,7 @@ __all__ = [
     "harvest_source",
     "make_source",
     "publish_harvest_summary",
+    "record_raw_with_dvc",
     "run_harvest",
     "source_url",
 ]

@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from flywheel.dvcdata import Versioned, track_data
 from tasks.harvest.harvest import HarvestConfig, HarvestResult, run_harvest, summary_markdown
 from tasks.harvest.sources import make_source
 
@@ -41,3 +42,11 @@ def harvest_source(
 def publish_harvest_summary(result: HarvestResult) -> None:
     """Prefect task: publish the run's counts as a markdown artifact."""
     create_markdown_artifact(markdown=summary_markdown(result), key="harvest-summary")
+
+
+@task(name="dvc-add-raw", retries=2, retry_delay_seconds=[2, 5])
+def record_raw_with_dvc(raw_dir: Path) -> Versioned:
+    """Prefect task: `dvc add` the raw partitions (and their quarantine) and push them."""
+    if not raw_dir.is_dir():
+        return Versioned(None, note=f"{raw_dir} does not exist yet: nothing to version")
+    return track_data([raw_dir])
