@@ -16,7 +16,7 @@ export RAGAS_DO_NOT_TRACK := true
 export DVC_NO_ANALYTICS := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install run up down status test test-unit test-integration test-e2e check lint format bench clean
+.PHONY: help install run up down status test test-unit test-integration test-e2e check lint format bench repro clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
@@ -71,6 +71,10 @@ bench: install ## Run the benchmarks (print figures; each has --help)
 	$(PY) bench/bench_demo.py --records 1000000
 	$(PY) bench/bench_requestlog.py
 	$(PY) bench/bench_gateway.py
+	$(PY) bench/bench_curate.py --records 1000000
+
+repro: install ## Re-run the DVC pipeline (dvc repro) with the venv's tools on PATH
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 $(VENV)/bin/dvc repro
 
 clean: ## Remove the embedded stack's state (.flywheel) after stopping it
 	-$(VENV)/bin/flywheel down

@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.curate.steps import StepResult
+from tasks.curate.text import arrow_strings, lengths, matches, per_distinct
 
 EmbedFn = Callable[[list[str]], np.ndarray]  # texts -> L2-normalised rows
 
@@ -69,16 +69,6 @@ TOXIC_WORDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def _strings(series: pd.Series) -> pa.Array:
-    return pa.array(series.fillna(""), type=pa.large_string())
-
-
-def _matches(series: pd.Series, pattern: str) -> np.ndarray:
-    """Case-insensitive RE2 search over a text column, vectorised."""
-    hits = pc.match_substring_regex(_strings(series), pattern=pattern, ignore_case=True)
-    return np.asarray(hits.to_numpy(zero_copy_only=False), dtype=bool)
-
-
 def _any_pattern(patterns: Sequence[str]) -> str:
     return "|".join(f"(?:{p})" for p in patterns)
 
@@ -87,6 +77,14 @@ def failed_requests(frame: pd.DataFrame) -> StepResult:
     """Drop requests that got no answer (`status` error or no response): nothing to learn from."""
     failed = (frame["status"] != "ok").to_numpy() | frame["response"].isna().to_numpy()
     return StepResult.split("failed", frame, {"failed_request": failed})
+
+
+def _latin_share(prompts: pd.Series) -> np.ndarray:
+    """Per text: ASCII Latin letters among all letters (0 for a text without letters)."""
+    array = arrow_strings(prompts)
+    letters = pc.count_substring_regex(array, pattern=r"\pL").to_numpy(zero_copy_only=False)
+    latin = pc.count_substring_regex(array, pattern=r"[A-Za-z]").to_numpy(zero_copy_only=False)
+    return np.divide(latin, letters, out=np.zeros(len(prompts)), where=letters > 0)
 
 
 def length_and_language(
@@ -103,12 +101,9 @@ def length_and_language(
     letters. English with a few accented names passes; Cyrillic, CJK or Arabic
     text does not. Prompts without letters count as failing it.
     """
-    prompt_len = frame["prompt"].str.len().to_numpy()
-    response_len = frame["response"].fillna("").str.len().to_numpy()
-    prompts = _strings(frame["prompt"])
-    letters = pc.count_substring_regex(prompts, pattern=r"\pL").to_numpy(zero_copy_only=False)
-    latin = pc.count_substring_regex(prompts, pattern=r"[A-Za-z]").to_numpy(zero_copy_only=False)
-    share = np.divide(latin, letters, out=np.zeros(len(frame)), where=letters > 0)
+    prompt_len = lengths(frame["prompt"])
+    response_len = lengths(frame["response"])
+    share = per_distinct(frame["prompt"], _latin_share, 0.0).astype(float)
     return StepResult.split(
         "length_language",
         frame,
@@ -124,9 +119,9 @@ def length_and_language(
 
 def safety_patterns(frame: pd.DataFrame) -> StepResult:
     """Drop prompt-injection attempts (by pattern) and toxic prompts or answers (by word list)."""
-    injection = _matches(frame["prompt"], _any_pattern(INJECTION_PATTERNS))
+    injection = matches(frame["prompt"], _any_pattern(INJECTION_PATTERNS))
     toxic_words = r"\b(" + "|".join(w.replace(" ", r"\s+") for w in TOXIC_WORDS) + r")\b"
-    toxic = _matches(frame["prompt"], toxic_words) | _matches(frame["response"], toxic_words)
+    toxic = matches(frame["prompt"], toxic_words) | matches(frame["response"], toxic_words)
     return StepResult.split("safety", frame, {"injection_pattern": injection, "toxicity": toxic})
 
 

@@ -6,11 +6,12 @@ million records take about a second rather than the ~17 s a Python loop needs.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pyarrow.compute as pc
 
 from tasks.curate.steps import StepResult
+from tasks.curate.text import arrow_strings, lengths, matches, per_distinct
 
 # Zero-width and BOM characters users paste in from other apps; they make equal
 # questions look different to dedup and carry no meaning.
@@ -20,14 +21,17 @@ _INVISIBLE = "[\u200b\u200c\u200d\u2060\ufeff]"
 ROLE_ORDER = r"^(system,)?(user,assistant,)*user$"
 
 
-def normalise_text(texts: pd.Series) -> pd.Series:
-    """NFKC, no invisible characters, runs of whitespace as one space, trimmed; None stays None."""
-    array = pa.array(texts, type=pa.large_string(), from_pandas=True)
+def _normalise_distinct(texts: pd.Series) -> np.ndarray:
+    array = arrow_strings(texts)
     array = pc.utf8_normalize(array, form="NFKC")
     array = pc.replace_substring_regex(array, pattern=_INVISIBLE, replacement="")
     array = pc.replace_substring_regex(array, pattern=r"\s+", replacement=" ")
-    array = pc.utf8_trim_whitespace(array)
-    return pd.Series(array.to_pylist(), index=texts.index, dtype=object)
+    return np.asarray(pc.utf8_trim_whitespace(array).to_numpy(zero_copy_only=False), dtype=object)
+
+
+def normalise_text(texts: pd.Series) -> pd.Series:
+    """NFKC, no invisible characters, runs of whitespace as one space, trimmed; None stays None."""
+    return pd.Series(per_distinct(texts, _normalise_distinct, None), index=texts.index, dtype=object)
 
 
 def _normalise_history(history: str) -> str:
@@ -49,17 +53,15 @@ def normalise(frame: pd.DataFrame) -> StepResult:
     request whose answer is blank). Failed requests (no response) pass through
     untouched here; the failed-request filter counts them.
     """
-    out = frame.copy()
+    out = frame.copy(deep=False)
     for column in ("system", "prompt", "response"):
         out[column] = normalise_text(out[column])
     multi = out["history"] != "[]"
     if multi.any():
         out.loc[multi, "history"] = out.loc[multi, "history"].map(_normalise_history)
-    roles = pa.array(out["roles"], type=pa.large_string())
-    bad_order = ~pc.match_substring_regex(roles, pattern=ROLE_ORDER).to_numpy(zero_copy_only=False)
-    empty_prompt = (out["prompt"].str.len() == 0).to_numpy()
-    has_response = out["response"].notna().to_numpy()
-    empty_response = has_response & (out["response"].fillna("x").str.len() == 0).to_numpy()
+    bad_order = ~matches(out["roles"], ROLE_ORDER, ignore_case=False)
+    empty_prompt = lengths(out["prompt"]) == 0
+    empty_response = out["response"].notna().to_numpy() & (lengths(out["response"]) == 0)
     return StepResult.split(
         "normalise",
         out,

@@ -6,9 +6,12 @@ Building a suite imports great_expectations (several seconds), so it happens
 inside the functions, never when this module is imported.
 
 Some rules are about groups of rows, not single values ("no cluster in two
-splits"). Those read a *derived column* that `derive_columns` adds just before
-validation, so the rule is still an ordinary GX expectation with its own line
-in the report and the data docs.
+splits", each split's share). Those read a *derived column* that
+`derive_columns` adds just before validation, so the rule is still an ordinary
+GX expectation with its own line in the report and the data docs. Derived flag
+columns also gate the PII regexes through a row condition: only rows that
+could hold a match are searched (fast, and exact), and card numbers must pass
+Luhn as they must in curate's redaction.
 """
 
 from __future__ import annotations
@@ -54,16 +57,19 @@ MAX_TOKENS = 131_072
 PII_PATTERNS: dict[str, str] = {
     "email": r"@(?<=[\w.%+-]@)[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
     # 13-19 digits with optional single space/dash separators, starting like a
-    # card (3 Amex/Diners, 4 Visa, 5 Mastercard, 6 Discover): epoch-millisecond
-    # timestamps (1...) do not match. No Luhn check: a regex cannot do one.
+    # card (3 Amex/Diners, 4 Visa, 5 Mastercard, 6 Discover). A regex cannot do
+    # Luhn, so this expectation only looks at rows whose `card_candidate_` flag
+    # says a digit run passes it: curate keeps non-Luhn runs (order and
+    # tracking numbers) on purpose, and they must not fail the flow.
     "card number": r"[3-6](?<![\d.][3-6])\d{3}(?:[ -]?\d){9,15}(?!\d)",
-    "IPv4 address": r"\d(?<![\d.]\d)\d{0,2}(?:\.\d{1,3}){3}(?!\.?\d)",
+    "IPv4 address": (r"\d(?<![\w.]\d)\d{0,2}(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}(?!\.?\d)"),
     # +1 555 123 4567, (555) 123-4567, 555-123-4567, 555.123.4567: separators
-    # required, so a bare 10-digit number is not a phone number.
+    # required, so a bare 10-digit number is not a phone number; not inside a
+    # longer token (SKU-555-123-4567), as curate's phone shapes.
     "phone number": (
-        r"[+(\d](?<![\d+].)"
+        r"[+(\d](?<![\w.+-].)"
         r"(?:(?<=\+)\d{1,3}[ .-]?(?:\(\d{3}\)|\d{3})[ .-]|(?<=\()\d{3}\)[ .-]?|(?<=\d)\d{2}[ .-])"
-        r"\d{3}[ .-]\d{4}(?!\d)"
+        r"\d{3}[ .-]\d{4}(?!\w|[.-]\d)"
     ),
 }
 # Every PII pattern needs an "@", three digits in a row, or digit.digit, so a
@@ -72,18 +78,61 @@ PII_PATTERNS: dict[str, str] = {
 # expectations with a row condition) only on the rows it flags. A new pattern
 # must keep this property (tests check each kind's examples against it).
 PII_GATE = r"@|\d\d\d|\d\.\d"
+# A 13-19 digit run, separators allowed: RE2 prefilter and Python finder for the Luhn flag.
+DIGIT_RUN = r"\d(?:[ -]?\d){12,18}"
+_DIGIT_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
 
 # Derived columns, added by `derive_columns` when a suite reads them.
 STRADDLING_CLUSTER = "straddling_cluster"
+CONFLICTING_REQUEST_ID = "conflicting_request_id"
 PII_CANDIDATE = "pii_candidate_"  # + text column: True where PII_GATE matches
+CARD_CANDIDATE = "card_candidate_"  # + text column: True where a 13-19 digit run passes Luhn
 # + split name: 1.0 where the row is in that split, else null; its non-null share is the split's
 IN_SPLIT = "in_split_"
+
+
+def luhn_ok(digits: str) -> bool:
+    """Whether a digit string passes the Luhn checksum (as every payment card number does)."""
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        value = int(char) * (2 if i % 2 else 1)
+        total += value - 9 if value > 9 else value
+    return total % 10 == 0
+
+
+def card_candidate(texts: pd.Series) -> pd.Series:
+    """Per row: whether the text has a 13-19 digit run (spaces/dashes allowed) that passes Luhn."""
+    array = pa.array(texts, type=pa.large_string(), from_pandas=True)
+    runs = pc.fill_null(pc.match_substring_regex(array, DIGIT_RUN), False).to_numpy(zero_copy_only=False)
+    flags = np.zeros(len(texts), dtype=bool)
+    for i in np.flatnonzero(runs):  # rare rows: Python is fine here
+        flags[i] = any(
+            luhn_ok(m.group().replace(" ", "").replace("-", "")) for m in _DIGIT_RUN.finditer(texts.iat[i])
+        )
+    return pd.Series(flags, index=texts.index)
 
 
 def straddling_cluster(frame: pd.DataFrame) -> pd.Series:
     """Per row: its cluster id if that cluster has rows in more than one split, else None."""
     n_splits = frame.groupby("cluster", sort=False)["split"].transform("nunique").to_numpy()
     values = np.where(n_splits > 1, frame["cluster"].to_numpy(dtype=object), None)
+    return pd.Series(values, index=frame.index, dtype=object)
+
+
+def conflicting_request_id(frame: pd.DataFrame) -> pd.Series:
+    """Per row: its request id if another row has that id with other content, else None.
+
+    Raw logs are shipped at least once, so an id may arrive twice with the same
+    content (a re-delivery, which curate drops); the same id on different
+    requests is a broken writer.
+    """
+    values = np.full(len(frame), None, dtype=object)
+    repeated = frame["request_id"].duplicated(keep=False).to_numpy()
+    if repeated.any():
+        rows = frame.loc[repeated, ["request_id", "timestamp", "roles", "prompt", "response"]]
+        variants = rows.drop_duplicates().groupby("request_id", sort=False).size()
+        conflicting = rows["request_id"].map(variants).to_numpy() > 1
+        values[np.flatnonzero(repeated)[conflicting]] = rows["request_id"].to_numpy()[conflicting]
     return pd.Series(values, index=frame.index, dtype=object)
 
 
@@ -102,9 +151,14 @@ def is_derived(name: str) -> bool:
 def _deriver(name: str) -> Callable[[pd.DataFrame], pd.Series] | None:
     if name == STRADDLING_CLUSTER:
         return straddling_cluster
+    if name == CONFLICTING_REQUEST_ID:
+        return conflicting_request_id
     if name.startswith(PII_CANDIDATE):
         column = name.removeprefix(PII_CANDIDATE)
         return lambda frame: pii_candidate(frame[column])
+    if name.startswith(CARD_CANDIDATE):
+        column = name.removeprefix(CARD_CANDIDATE)
+        return lambda frame: card_candidate(frame[column])
     if name.startswith(IN_SPLIT):
         split = name.removeprefix(IN_SPLIT)
         return lambda frame: pd.Series(np.where(frame["split"] == split, 1.0, np.nan), index=frame.index)
@@ -158,7 +212,10 @@ def raw_suite(max_tokens: int = MAX_TOKENS) -> ExpectationSuite:
     expectations = [
         *(gxe.ExpectColumnToExist(column=c, description=f"column {c} exists") for c in COLUMNS),
         gxe.ExpectColumnValuesToNotBeNull(column="request_id", description="every row has a request id"),
-        gxe.ExpectColumnValuesToBeUnique(column="request_id", description="request ids are unique"),
+        gxe.ExpectColumnValuesToBeNull(
+            column=CONFLICTING_REQUEST_ID,
+            description="a request id names one request (re-deliveries of the same request are allowed)",
+        ),
         gxe.ExpectColumnValuesToNotBeNull(column="timestamp", description="every row has a timestamp"),
         gxe.ExpectColumnValuesToNotBeNull(column="roles", description="every row has its message roles"),
         gxe.ExpectColumnValuesToMatchRegex(
@@ -241,8 +298,8 @@ def curated_suite(
         gxe.ExpectColumnValuesToNotMatchRegex(
             column=column,
             regex=pattern,
-            # only rows PII_GATE flags can match: the rest are skipped, exactly
-            row_condition=Column(f"{PII_CANDIDATE}{column}") == True,  # noqa: E712 (builds a GX condition, not a bool)
+            # only rows the gate flags can match: the rest are skipped, exactly
+            row_condition=Column(_gate_column(kind, column)) == True,  # noqa: E712 (a GX condition, not a bool)
             description=f"no {kind} left in {column}",
         )
         for column in text_columns
@@ -279,6 +336,11 @@ def curated_suite(
     ]
     meta = {"version": SUITE_VERSION, "split_shares": {k: list(v) for k, v in shares.items()}}
     return gx.ExpectationSuite(name=CURATED_SUITE, meta=meta, expectations=expectations)
+
+
+def _gate_column(kind: str, column: str) -> str:
+    """The derived flag column that says which rows a PII kind's regex must look at."""
+    return f"{CARD_CANDIDATE if kind == 'card number' else PII_CANDIDATE}{column}"
 
 
 def _share_expectations(gxe: ModuleType, shares: Mapping[str, tuple[float, float]]) -> list:

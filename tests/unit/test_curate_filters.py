@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -171,3 +173,29 @@ def test_funnel_rejects_a_step_that_loses_records() -> None:
     funnel = Funnel(n_in=3)
     with pytest.raises(FunnelMismatch, match="received 3"):
         funnel.add(StepResult("lossy", frame))
+
+
+def test_read_partitions_matches_the_per_record_path_on_every_shape(tmp_path: Path) -> None:
+    import orjson
+
+    from tasks.curate.frame import read_partitions
+
+    multi = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "reply"},
+        {"role": "user", "content": "second"},
+    ]
+    records = [
+        record(1, "plain"),
+        record(2, "no system", messages=[{"role": "user", "content": "no system"}], feedback={"score": -1}),
+        record(3, "", messages=multi, feedback={"score": 1, "comment": "great"}),
+        record(4, "", messages=[{"role": "user", "content": "a"}, {"role": "tool", "content": "t"}]),
+        record(5, "", messages=[{"role": "assistant", "content": "hi"}, {"role": "user", "content": "x"}]),
+        record(6, "failed", response=None, status="error"),
+    ]
+    (tmp_path / "part-a.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in records[:3]) + b"\n")
+    (tmp_path / "part-b.jsonl").write_bytes(b"\n".join(orjson.dumps(r) for r in records[3:]) + b"\n")
+    fast = read_partitions([tmp_path / "part-a.jsonl", tmp_path / "part-b.jsonl"])
+    expected = frame_of(*records)
+    pd.testing.assert_frame_equal(fast, expected)

@@ -20,7 +20,7 @@ from tasks.validate import (
     raw_suite,
     validate,
 )
-from tasks.validate.suites import PII_GATE
+from tasks.validate.suites import PII_GATE, card_candidate, luhn_ok
 from tests.helpers.request_records import make_record
 
 # Importing great_expectations takes seconds: build each suite once per module.
@@ -58,6 +58,11 @@ def curated_frame(n: int = 40) -> pd.DataFrame:
             "split": split,
             "messages": [[{"role": "user", "content": "hi"}]] * n,  # a column of dicts: GX must not need it
         }
+    ).assign(
+        # numbers that look like PII but are not (curate keeps them): must pass
+        response=lambda f: f["response"].where(
+            f.index % 4 != 3, "Your parcel 4000 1234 5678 9011 (SKU-555-123-4567) ships from 10.2.3 today."
+        )
     )
 
 
@@ -115,16 +120,26 @@ def test_tool_role_fails_naming_expectation_column_and_docs(raw: object, tmp_pat
     assert "user,tool,user" in html, "the data docs page should show the unexpected value"
 
 
-def test_duplicate_request_ids_fail(raw: object, tmp_path: Path) -> None:
-    # given a frame where one request id appears twice
+def test_one_request_id_on_two_different_requests_fails(raw: object, tmp_path: Path) -> None:
+    # given a frame where one request id names two different requests
     frame = raw_frame()
     frame.loc[5, "request_id"] = frame.loc[6, "request_id"]
     # when it is validated
     report = validate(frame, raw, tmp_path / "docs")
-    # then uniqueness fails on both rows
-    assert failing(report) == {"expect_column_values_to_be_unique(request_id)": 2}, (
-        f"the uniqueness expectation should fail on the two rows: {failing(report)}"
+    # then the conflicting-id expectation fails on both rows
+    assert failing(report) == {"expect_column_values_to_be_null(conflicting_request_id)": 2}, (
+        f"the conflicting-id expectation should fail on the two rows: {failing(report)}"
     )
+
+
+def test_a_redelivered_request_passes_the_raw_suite(raw: object, tmp_path: Path) -> None:
+    # given a frame where one request arrived twice, byte for byte (at-least-once shipping)
+    frame = raw_frame()
+    frame = pd.concat([frame, frame.iloc[[3]]], ignore_index=True)
+    # when it is validated
+    report = validate(frame, raw, tmp_path / "docs")
+    # then it passes: curate drops the re-delivery with its reason
+    assert report.success, f"a re-delivery is not a broken record: {failing(report)}"
 
 
 def test_each_bad_raw_value_fails_its_own_expectation(raw: object, tmp_path: Path) -> None:
@@ -199,20 +214,24 @@ def test_each_curated_damage_fails_its_own_expectation(curated: object, tmp_path
     frame.loc[8, "response"] = ""
     frame.loc[[10, 11], "split"] = "test"
     frame.loc[12, "feedback"] = -1.0  # rated down: curate drops these
+    frame.loc[14, "response"] = "Your card 4111-1111-1111-1111 is on file."  # passes Luhn
     # when it is validated
     report = validate(frame, curated, tmp_path / "docs")
     # then each damage fails its own expectation with its own count, and nothing else fails
-    assert failing(report) == {
-        "expect_column_values_to_not_match_regex(prompt)": 1,
-        "expect_column_values_to_not_match_regex(response)": 1,
-        "expect_column_value_lengths_to_be_between(response)": 1,
-        "expect_column_values_to_be_in_set(split)": 2,
-        "expect_column_values_to_be_in_set(feedback)": 1,
-        "expect_column_values_to_be_null(straddling_cluster)": 2,
-    }, f"unexpected failures: {failing(report)}"
-    descriptions = {o.description for o in report.failures}
-    assert {"no email left in prompt", "no phone number left in response"} <= descriptions, (
-        f"PII failures should say which kind: {descriptions}"
+    by_rule = {o.description: o.unexpected_count for o in report.failures}
+    assert by_rule == {
+        "no email left in prompt": 1,
+        "no phone number left in response": 1,
+        "no card number left in response": 1,
+        "response has 1-4000 characters": 1,
+        "split is train, validation or eval": 2,
+        "feedback is one of [0.0, 1.0] or unrated": 1,
+        "no near-duplicate cluster in two splits (values: cluster ids)": 2,
+    }, f"unexpected failures: {by_rule}"
+    labels = {o.description: o.label for o in report.failures}
+    assert labels["no email left in prompt"] == "expect_column_values_to_not_match_regex(prompt)", labels
+    assert labels["no card number left in response"] == "expect_column_values_to_not_match_regex(response)", (
+        labels
     )
 
 
@@ -295,6 +314,8 @@ PII_EXAMPLES = [
 ]
 NOT_PII = [
     "redacted: <EMAIL_ADDRESS>, <PHONE_NUMBER>, <CREDIT_CARD>, <IP_ADDRESS>",
+    "SKU-555-123-4567 and 555-123-4567-89",
+    "not an address: 1.2.999.4",
     "epoch ms 1700000000000",
     "version 10.2 and pi 3.14159",
     "order 5551234567",
@@ -325,4 +346,24 @@ def test_missing_split_column_is_reported_not_raised(curated: object, tmp_path: 
     assert "expect_column_to_exist(split)" in labels, f"the missing split column should be named: {labels}"
     assert "expect_column_values_to_be_null(straddling_cluster)" in labels, (
         f"straddle check should fail: {labels}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("digits", "valid"),
+    [
+        ("4111111111111111", True),
+        ("378282246310005", True),
+        ("4000123456789011", False),
+        ("79927398713", True),
+    ],
+)
+def test_luhn(digits: str, valid: bool) -> None:
+    assert luhn_ok(digits) is valid, f"Luhn({digits}) should be {valid}"
+
+
+def test_card_candidate_flags_only_luhn_valid_runs() -> None:
+    texts = pd.Series(["parcel 4000 1234 5678 9011", "card 4111-1111-1111-1111", None, "no digits", "1234"])
+    assert card_candidate(texts).tolist() == [False, True, False, False, False], (
+        "only the Luhn-valid run should be flagged (null and short texts never)"
     )

@@ -1,0 +1,98 @@
+"""DVC around curation, for real: a copy of this repo, the demo seeded, harvested, curated, committed.
+
+Then `dvc status` must be clean, and `dvc repro` on a checkout without the
+curated files must rebuild them with the same md5s.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flywheel.dvcdata import commit_stage, lock_hashes, track_data
+from flywheel.settings import Environment, load_params
+from tasks.curate.run import CurationPaths, minilm_embed, run_curation
+from tasks.demo.seed import write_workload
+from tasks.harvest import run_harvest
+from tasks.harvest.sources import FilesSource
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
+
+
+@pytest.fixture()
+def repo_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
+    """This repo's files (tracked and new, not ignored) in a fresh git repo with a private DVC remote."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split("\n")
+    repo = tmp_path / "repo"
+    for rel in filter(None, listed):
+        source = ROOT / rel
+        if rel.startswith("data/") or not source.is_file():
+            continue
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, repo / rel)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "DVC_NO_ANALYTICS": "1",
+        "FLYWHEEL_HOME": str(tmp_path / "home"),
+        "FLYWHEEL_DATA_DIR": str(repo / "data"),
+        "FLYWHEEL_PARAMS": str(repo / "params.yaml"),
+    }
+    for command in (
+        ["git", "init", "-q"],
+        ["git", "add", "-A"],
+        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"],
+        [str(BIN / "dvc"), "remote", "add", "-f", "-d", "local", str(tmp_path / "remote")],
+    ):
+        result = _run(command, repo, env)
+        assert result.returncode == 0, f"{command} failed: {result.stderr}"
+    for key in ("FLYWHEEL_HOME", "FLYWHEEL_DATA_DIR", "FLYWHEEL_PARAMS", "DVC_NO_ANALYTICS"):
+        monkeypatch.setenv(key, env[key])
+    monkeypatch.chdir(repo)
+    return repo, env
+
+
+def test_flow_steps_leave_dvc_clean_and_dvc_repro_rebuilds_the_same_bytes(
+    repo_copy: tuple[Path, dict[str, str]],
+) -> None:
+    repo, env = repo_copy
+    params = load_params()
+    data = Environment().data_dir
+    # given the demo seeded and harvested as the flows do it, each recorded with DVC
+    write_workload(params.demo, params.project.application, data, params.harvest)
+    commit_stage(data, "seed_demo")
+    run_harvest(FilesSource(str(data / "incoming")), data / "raw", repo / ".state", max_malformed_share=0.5)
+    raw = track_data([data / "raw"])
+    assert raw.hashes and raw.pushed, f"data/raw should be added and pushed: {raw}"
+    # when curation runs as the flow runs it, then commits its stage
+    paths = CurationPaths.from_settings(Environment(), params.harvest, params.curate)
+    run = run_curation(paths, params.curate, minilm_embed())
+    recorded = commit_stage(paths.out_dir, "curate")
+    # then dvc.lock names every output with the md5 the run wrote, and dvc status is clean
+    assert {Path(p).name: md5 for p, md5 in recorded.hashes.items()} == run.files, (
+        f"dvc.lock should record what the run wrote: {recorded.hashes} vs {run.files}"
+    )
+    status = _run([str(BIN / "dvc"), "status"], repo, env)
+    assert status.returncode == 0 and "up to date" in status.stdout, f"dvc status not clean:\n{status.stdout}"
+    # when the curated files are gone (a clean checkout of the data) and dvc repro runs
+    shutil.rmtree(paths.out_dir)
+    repro = _run([str(BIN / "dvc"), "repro", "curate"], repo, env)
+    assert repro.returncode == 0, f"dvc repro failed:\n{repro.stdout}\n{repro.stderr}"
+    # then it rebuilt every output byte for byte
+    assert lock_hashes(repo, "curate") == recorded.hashes, "dvc repro should reproduce the same md5s"
+    status = _run([str(BIN / "dvc"), "status"], repo, env)
+    assert "up to date" in status.stdout, f"dvc status after repro:\n{status.stdout}"
