@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,3 +110,66 @@ def test_harvest_runs_from_the_cli_over_the_seeded_history(stack: Environment) -
     total = len([line for line in history.read_bytes().split(b"\n") if line.strip()])
     assert kept > 0 and quarantined > 0, f"expected kept and quarantined records: {kept}, {quarantined}"
     assert kept + quarantined == total, f"every line accounted for: {kept} + {quarantined} != {total}"
+
+
+def test_curate_runs_from_the_cli_and_records_its_funnel(stack: Environment, mlflow_uri: str) -> None:
+    # given the partitions harvested by the previous test
+    assert list((stack.data_dir / "raw").glob("part-*.jsonl")), "harvest should have run first"
+    # when curate runs through its deployment
+    result = _prefect(stack, "deployment", "run", "curate/on-demand", "--watch", "--watch-timeout", "400")
+    assert result.returncode == 0 and "Completed" in result.stdout, (
+        f"curate failed:\n{result.stdout}\n{result.stderr}"
+    )
+    # then the splits and the funnel are written, and the books balance
+    curated = stack.data_dir / "curated"
+    funnel = json.loads((curated / "funnel.json").read_text())
+    assert funnel["records_out"] > 0, f"some records should be kept: {funnel}"
+    assert funnel["records_in"] == funnel["records_out"] + sum(funnel["dropped"].values()), funnel
+    assert sum(funnel["splits"].values()) == funnel["records_out"], funnel
+    train = (curated / "train.jsonl").read_bytes().splitlines()
+    assert len(train) == funnel["splits"]["train"], "train.jsonl holds the train split"
+    # and the run is in MLflow with the funnel as metrics
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name(load_params().project.experiment)
+    assert experiment is not None, "the curate flow should log to the project's experiment"
+    runs = client.search_runs([experiment.experiment_id], "tags.`flywheel.stage` = 'curate'")
+    assert runs, "an MLflow run tagged flywheel.stage=curate"
+    assert runs[0].data.metrics["records_out"] == funnel["records_out"], runs[0].data.metrics
+
+
+def test_a_gx_failure_stops_curate_before_anything_is_written(stack: Environment) -> None:
+    # given a raw partition with a record in a forbidden role, next to the good ones
+    raw = stack.data_dir / "raw"
+    good = next(raw.glob("part-*.jsonl")).read_bytes().splitlines()[0]
+    record = json.loads(good)
+    record["request_id"] = "forbidden-role-record"
+    record["messages"] = [
+        {"role": "user", "content": "hi"},
+        {"role": "tool", "content": "rm -rf"},
+        *record["messages"],
+    ]
+    bad = raw / "part-zz-forbidden-role.jsonl"
+    bad.write_text(json.dumps(record) + "\n")
+    curated = stack.data_dir / "curated"
+    before = {p.name: p.read_bytes() for p in curated.iterdir()}
+    try:
+        # when curate runs
+        result = _prefect(stack, "deployment", "run", "curate/on-demand", "--watch", "--watch-timeout", "400")
+        # then the flow fails in its raw validation, naming the expectation, and writes nothing
+        assert "finished in state 'Failed'" in result.stdout, f"curate should fail:\n{result.stdout}"
+        assert "validate-raw" in result.stdout, (
+            f"the raw validation task should be the one failing:\n{result.stdout}"
+        )
+        run_id = re.search(r"/runs/flow-run/([0-9a-f-]{36})", result.stdout)
+        assert run_id, f"no flow run id in:\n{result.stdout}"
+        logs = _prefect(stack, "flow-run", "logs", run_id.group(1))
+        assert "expect_column_values_to_match_regex(roles)" in logs.stdout, (
+            f"the error should name the failed expectation:\n{logs.stdout[-3000:]}"
+        )
+        assert "data docs" in logs.stdout, "the error should point at the data docs"
+        after = {p.name: p.read_bytes() for p in curated.iterdir()}
+        assert after == before, "no curated file may change when validation fails"
+    finally:
+        bad.unlink()
