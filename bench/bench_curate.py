@@ -53,20 +53,37 @@ def _max_rss_gb(who: int = resource.RUSAGE_SELF) -> float:
 
 
 def _funnel_child(root: str, queue: Any) -> None:
-    """The curate stage exactly as `python -m tasks.curate` runs it, timed, in its own process."""
+    """The curate stage as `python -m tasks.curate` runs it, timed, in its own process (own peak RSS)."""
     from flywheel.settings import CurateParams, apply_offline_environ
     from tasks.curate.run import CurationPaths, minilm_embed, run_curation
 
     apply_offline_environ()
     base = Path(root)
-    embed = minilm_embed()  # model load is not curation work: the flow loads it once per run
-    paths = CurationPaths(base / "raw", base / "curated", base / "docs", (base / "demo" / "eval.jsonl",))
+    paths = CurationPaths(
+        base / "raw",
+        base / "curated",
+        base / "docs",
+        (base / "demo" / "eval.jsonl",),
+        base / "embeddings.sqlite",
+    )
+    embed = minilm_embed(paths.embedding_cache)  # model load is not curation work: once per flow run
     started = time.perf_counter()
     run = run_curation(paths, CurateParams(), embed)
     seconds = time.perf_counter() - started
-    queue.put({"seconds": seconds, "phases": run.seconds, "metrics": {
-        k: v for k, v in run.metrics.items() if k != "steps"
-    }, "peak_gb": _max_rss_gb()})  # fmt: skip
+    metrics = {k: v for k, v in run.metrics.items() if k != "steps"}
+    queue.put({"seconds": seconds, "phases": run.seconds, "metrics": metrics, "peak_gb": _max_rss_gb()})
+
+
+def _run_child(root: Path) -> dict[str, Any] | None:
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_funnel_child, args=(str(root), queue))
+    child.start()
+    child.join()
+    if child.exitcode != 0 or queue.empty():
+        print(f"the curate stage failed in the child process (exit {child.exitcode})", file=sys.stderr)
+        return None
+    return queue.get()  # type: ignore[no-any-return]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,27 +147,26 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
 
-        print("whole curate stage (child process) ...", file=sys.stderr)
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        child = context.Process(target=_funnel_child, args=(str(root), queue))
-        child.start()
-        child.join()
-        if child.exitcode != 0 or queue.empty():
-            print(f"the curate stage failed in the child process (exit {child.exitcode})", file=sys.stderr)
+        # First run: an empty embedding cache (a first-ever run). Re-run: every distinct
+        # question already embedded (a nightly run over logs that repeat themselves;
+        # here the very same logs, so it is the best case). Each in a fresh process.
+        print("whole curate stage, first run (child process) ...", file=sys.stderr)
+        cold = _run_child(root)
+        print("whole curate stage, re-run (child process) ...", file=sys.stderr)
+        warm = _run_child(root)
+        if cold is None or warm is None:
             return 1
-        result = queue.get()
-        seconds = result["seconds"]
-        figures["funnel"] = {
-            "seconds": round(seconds, 2),
-            "records_per_s": round(harvest.n_valid / seconds),
-            "phases_s": {k: round(v, 2) for k, v in result["phases"].items()},
-            "peak_gb": round(result["peak_gb"], 2),
-            "records_out": result["metrics"]["records_out"],
-            "splits": result["metrics"]["splits"],
-        }
+        for name, result in (("funnel", cold), ("funnel_warm_cache", warm)):
+            figures[name] = {
+                "seconds": round(result["seconds"], 2),
+                "records_per_s": round(harvest.n_valid / result["seconds"]),
+                "phases_s": {k: round(v, 2) for k, v in result["phases"].items()},
+                "peak_gb": round(result["peak_gb"], 2),
+                "records_out": result["metrics"]["records_out"],
+                "splits": result["metrics"]["splits"],
+            }
         figures["harvest_plus_funnel_records_per_s"] = round(
-            args.records / (seconds + figures["harvest"]["seconds"])
+            args.records / (cold["seconds"] + figures["harvest"]["seconds"])
         )
         figures["bench_process_peak_gb"] = round(_max_rss_gb(), 2)
 
@@ -158,11 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(figures, indent=2))
     else:
+        for name, label in (("funnel", "first run (empty embedding cache)"), ("funnel_warm_cache", "re-run")):
+            f = figures[name]
+            print(
+                f"\nwhole funnel, {label}: {harvest.n_valid:,} records in {f['seconds']} s = "
+                f"{f['records_per_s']:,} records/s (target {TARGET_PER_SECOND:,}), "
+                f"peak {f['peak_gb']} GB (target < {TARGET_PEAK_GB} GB)\n  phases: {f['phases_s']}"
+            )
         print(
-            f"\nwhole funnel: {harvest.n_valid:,} records in {funnel['seconds']} s = "
-            f"{funnel['records_per_s']:,} records/s (target {TARGET_PER_SECOND:,}), "
-            f"peak {funnel['peak_gb']} GB (target < {TARGET_PEAK_GB} GB)\n"
-            f"phases: {funnel['phases_s']}\n"
             f"harvest + funnel: {figures['harvest_plus_funnel_records_per_s']:,} records/s end to end; "
             f"kept {funnel['records_out']:,} ({funnel['splits']})"
         )

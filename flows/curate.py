@@ -37,7 +37,7 @@ def curate(format: ChatFormat | None = None, keep_unrated: bool | None = None) -
     paths = CurationPaths.from_settings(env, all_params.harvest, params)
     raw, quarantined = load_raw_partitions(paths.raw_dir)
     raw_docs = validate_raw(raw, paths.docs_dir, params.validation_sample_rows)
-    curated = run_funnel(raw, params, paths.protected)
+    curated = run_funnel(raw, params, paths)
     curated_docs = validate_curated(curated, params, paths.docs_dir)
     written = write_outputs(curated, paths.out_dir, params, quarantined)
     versioned = record_with_dvc(paths.out_dir, record=params == all_params.curate)

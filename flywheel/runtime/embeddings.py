@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -67,3 +71,50 @@ def load_embedder() -> Embedder:
                 raise ModelNotFoundError(f"the bundled MiniLM model files are missing under {path}")
             _EMBEDDER = Embedder(SentenceTransformer(str(path), device="cpu", local_files_only=True))
         return _EMBEDDER
+
+
+class EmbeddingCache:
+    """Embeddings kept on disk by text hash, so a nightly run embeds only what is new.
+
+    A SQLite file (WAL) maps sha256(model id + text) to the float32 vector; it
+    is a cache, so deleting it costs time, never correctness.
+    """
+
+    def __init__(self, path: Path, encode: Callable[[list[str]], np.ndarray], model_id: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS vectors (key BLOB PRIMARY KEY, vector BLOB NOT NULL)")
+        self._encode = encode
+        self._salt = model_id.encode() + b"\0"
+        self.hits = 0
+        self.misses = 0
+
+    def _key(self, text: str) -> bytes:
+        return hashlib.sha256(self._salt + text.encode("utf-8", "surrogatepass")).digest()
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        keys = [self._key(text) for text in texts]
+        found: dict[bytes, np.ndarray] = {}
+        for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))  # only placeholders go into the SQL text
+            rows = self._db.execute(f"SELECT key, vector FROM vectors WHERE key IN ({marks})", chunk)  # noqa: S608
+            found.update((key, np.frombuffer(blob, dtype=np.float32)) for key, blob in rows)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            vectors = self._encode([texts[i] for i in missing]).astype(np.float32)
+            with self._db:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO vectors (key, vector) VALUES (?, ?)",
+                    [(keys[i], vector.tobytes()) for i, vector in zip(missing, vectors, strict=True)],
+                )
+            found.update((keys[i], vector) for i, vector in zip(missing, vectors, strict=True))
+        if not texts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([found[key] for key in keys])
+
+    def close(self) -> None:
+        self._db.close()

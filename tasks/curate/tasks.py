@@ -31,9 +31,10 @@ def validate_raw(frame: pd.DataFrame, docs_dir: Path, sample_rows: int | None) -
 
 
 @task(name="curate-funnel")
-def run_funnel(raw: pd.DataFrame, params: CurateParams, protected: tuple[Path, ...]) -> Curated:
-    """Prefect task: the whole funnel in one batched task (MiniLM loads once)."""
-    return curate_frame(raw, params, run.minilm_embed(), run.protected_questions(protected))
+def run_funnel(raw: pd.DataFrame, params: CurateParams, paths: run.CurationPaths) -> Curated:
+    """Prefect task: the whole funnel in one batched task (MiniLM loads once, embeddings cached)."""
+    embed = run.minilm_embed(paths.embedding_cache)
+    return curate_frame(raw, params, embed, run.protected_questions(paths.protected))
 
 
 @task(name="validate-curated")

@@ -1,0 +1,32 @@
+"""The on-disk embedding cache: same vectors, each text embedded once across runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from flywheel.demo.simulated_user import HashingEmbedder
+from flywheel.runtime.embeddings import EmbeddingCache
+
+
+def test_cache_returns_the_encoder_vectors_and_embeds_each_text_once(tmp_path: Path) -> None:
+    embedder = HashingEmbedder()
+    seen: list[str] = []
+
+    def encode(texts: list[str]) -> np.ndarray:
+        seen.extend(texts)
+        return embedder(texts)
+
+    texts = ["how do I export?", "what does Pro cost?", "how do I export?"]
+    cache = EmbeddingCache(tmp_path / "cache.sqlite", encode, "model-a")
+    first = cache(texts)
+    np.testing.assert_array_equal(first, embedder(texts), "cached vectors equal the encoder's")
+    cache.close()
+    again = EmbeddingCache(tmp_path / "cache.sqlite", encode, "model-a")
+    np.testing.assert_array_equal(again(texts[::-1]), embedder(texts[::-1]), "order follows the input")
+    assert seen == texts, "a second process embeds nothing it has seen"
+    assert (again.hits, again.misses) == (3, 0), "every text is a hit the second time"
+    other = EmbeddingCache(tmp_path / "cache.sqlite", encode, "model-b")
+    other(["how do I export?"])
+    assert seen[-1] == "how do I export?", "another model id never reuses these vectors"
