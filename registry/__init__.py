@@ -5,6 +5,7 @@ Aliases, never stages: `champion`, `challenger`, `previous`. Tags prefixed
 """
 
 from registry.artifacts import download_artifacts
+from registry.candidates import APPROVAL_TAG, GATE_TAG, register_candidate
 from registry.errors import AliasNotFoundError, RegistryError, RegistryUnavailableError
 from registry.models import (
     ALIASES,
@@ -21,7 +22,9 @@ from registry.tracking import configure_tracking, ping
 
 __all__ = [
     "ALIASES",
+    "APPROVAL_TAG",
     "CANARY_WEIGHT_TAG",
+    "GATE_TAG",
     "TAG_PREFIX",
     "AliasNotFoundError",
     "ModelVersionInfo",
@@ -35,6 +38,7 @@ __all__ = [
     "load_prompt",
     "ping",
     "read_routing",
+    "register_candidate",
     "register_model_version",
     "register_prompt",
     "set_alias",

@@ -27,8 +27,6 @@ from tasks.curate.frame import raw_partitions, read_partitions
 from tasks.curate.outputs import funnel_metrics, write_curated
 from tasks.curate.split import load_protected_keys
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class CurationPaths:

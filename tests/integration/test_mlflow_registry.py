@@ -95,3 +95,32 @@ def test_prompt_versions_with_aliases(mlflow_uri: str) -> None:
     assert "one sentence" in json.dumps(challenger.template), f"challenger template: {challenger.template}"
     with pytest.raises(registry.AliasNotFoundError):
         registry.load_prompt("flywheel-test-prompt", "previous")
+
+
+def test_candidates_passing_and_failing_the_gate(mlflow_uri: str) -> None:
+    import mlflow
+
+    with mlflow.start_run(run_name="candidate") as run:
+        mlflow.log_text("adapter", "adapter/README.md")
+    source = f"runs:/{run.info.run_id}/adapter"
+    lineage = {"dvc.data/curated/train.jsonl": "abc123", "git_sha": "deadbeef", "parent_version": "base"}
+    # when one candidate passed the gate and another failed it
+    passed = registry.register_candidate(
+        "flywheel-test-candidates", source, run.info.run_id, passed=True, failed_rules=[],
+        lineage=lineage, scores={"rougeL": 0.71}, description="LoRA r16",
+    )  # fmt: skip
+    failed = registry.register_candidate(
+        "flywheel-test-candidates", source, run.info.run_id, passed=False,
+        failed_rules=["superiority", "safety"], lineage=lineage, scores={"rougeL": 0.12},
+        description="shuffled answers",
+    )  # fmt: skip
+    # then the passing one is the challenger, pending approval, with its lineage
+    challenger = registry.get_version_by_alias("flywheel-test-candidates", "challenger")
+    assert challenger.version == passed.version, f"the passing candidate is the challenger: {challenger}"
+    assert challenger.tags[registry.APPROVAL_TAG] == "pending", challenger.tags
+    assert challenger.tags["flywheel.dvc.data/curated/train.jsonl"] == "abc123", challenger.tags
+    assert challenger.tags["flywheel.score.rougeL"] == "0.71", challenger.tags
+    # and the failing one is on record with its reasons, without an alias or approval request
+    assert failed.tags[registry.GATE_TAG] == "failed", failed.tags
+    assert failed.tags["flywheel.gate_failed_rules"] == "superiority,safety", failed.tags
+    assert not failed.aliases and registry.APPROVAL_TAG not in failed.tags, failed
