@@ -27,7 +27,10 @@ class DeploymentSpec:
 
     flow_name: str  # the @flow(name=...) shown in the Prefect UI
     name: str  # deployment name; the full name is "<flow_name>/<name>"
-    entrypoint: str  # "path/to/file.py:function", as prefect.yaml spells it
+    # "module:function", as prefect.yaml spells it. A module path, not a file path:
+    # Prefect registers a script loaded by path under its bare file name, so
+    # flows/evaluate.py would shadow the `evaluate` library in the flow's process.
+    entrypoint: str
     params_section: str  # its `schedule` (cron or null) lives in params.yaml under this key
     description: str
 
@@ -42,7 +45,7 @@ class DeploymentSpec:
     def load_flow(self) -> Flow[..., object]:
         """Import the flow object this deployment runs."""
         path, attr = self.entrypoint.split(":")
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        module = importlib.import_module(path)
         return getattr(module, attr)  # type: ignore[no-any-return]
 
 
@@ -50,23 +53,37 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         flow_name="seed-demo",
         name="on-demand",
-        entrypoint="flows/seed_demo.py:seed_demo",
+        entrypoint="flows.seed_demo:seed_demo",
         params_section="demo",
         description="Write the demo workload (knowledge base, eval set, historical request logs).",
     ),
     DeploymentSpec(
         flow_name="harvest",
         name="on-demand",
-        entrypoint="flows/harvest.py:harvest",
+        entrypoint="flows.harvest:harvest",
         params_section="harvest",
         description="Harvest new records by watermark (request log, JSONL/Parquet files, SQL) into data/raw.",
     ),
     DeploymentSpec(
         flow_name="curate",
         name="on-demand",
-        entrypoint="flows/curate.py:curate",
+        entrypoint="flows.curate:curate",
         params_section="curate",
         description="Curate raw partitions into validated, PII-free, deduplicated training and eval splits.",
+    ),
+    DeploymentSpec(
+        flow_name="retrain",
+        name="on-demand",
+        entrypoint="flows.retrain:retrain",
+        params_section="train",
+        description="Fine-tune a LoRA candidate on the curated splits (resumes from its last checkpoint).",
+    ),
+    DeploymentSpec(
+        flow_name="evaluate",
+        name="on-demand",
+        entrypoint="flows.evaluate:evaluate",
+        params_section="evaluate",
+        description="Gate a retrain run's candidate against the champion; register it with the verdict.",
     ),
 )
 
@@ -82,11 +99,17 @@ def find(flow_name: str) -> DeploymentSpec:
 
 def runner_deployments(params: Params) -> list[RunnerDeployment]:
     """The table as Prefect runner deployments with their schedules from params."""
+    from prefect.deployments.runner import EntrypointType
+
     deployments = []
     for spec in DEPLOYMENTS:
         cron = spec.schedule(params)
         deployment = spec.load_flow().to_deployment(
-            name=spec.name, cron=cron, description=spec.description, tags=["flywheel"]
+            name=spec.name,
+            cron=cron,
+            description=spec.description,
+            tags=["flywheel"],
+            entrypoint_type=EntrypointType.MODULE_PATH,  # see DeploymentSpec.entrypoint
         )
         # to_deployment is sync/async dual; called outside an event loop it returns the object
         deployments.append(cast("RunnerDeployment", deployment))

@@ -186,6 +186,8 @@ class CurateParams(_Section):
 class TrainParams(_Section):
     """LoRA fine-tuning. Defaults: what injected the demo's facts on 2 CPU cores in ~12 min."""
 
+    schedule: str | None = Field(None, description="cron, or null when the flywheel flow runs it")
+    _cron = field_validator("schedule")(_check_cron)
     lora_rank: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -225,6 +227,13 @@ class TrainParams(_Section):
 class EvaluateParams(_Section):
     """The eval gate: paired bootstrap on per-item scores, then superiority, non-inferiority, ops rules."""
 
+    schedule: str | None = Field(None, description="cron, or null when the flywheel flow runs it")
+    _cron = field_validator("schedule")(_check_cron)
+    eval_suite: str = Field(
+        "demo/eval.jsonl",
+        description="under the data dir: held-out eval items (JSONL: id, question, reference, key_tokens)",
+    )
+    max_new_tokens: int = Field(64, ge=1, le=1024, description="answer length cap for candidate and baseline")
     primary_metric: str = Field(
         "rougeL", description="Per-item metric the candidate must beat the baseline on."
     )

@@ -173,3 +173,40 @@ def test_a_gx_failure_stops_curate_before_anything_is_written(stack: Environment
         assert after == before, "no curated file may change when validation fails"
     finally:
         bad.unlink()
+
+
+def test_retrain_then_evaluate_register_a_candidate_with_its_verdict(
+    stack: Environment, mlflow_uri: str
+) -> None:
+    # given the curated splits written by the curate test: a 2-step LoRA run on the real SmolLM2
+    result = _prefect(
+        stack, "deployment", "run", "retrain/on-demand", "-p", "max_steps=2",
+        "--watch", "--watch-timeout", "500", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Completed" in result.stdout, f"retrain failed:\n{result.stdout}"
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name(load_params().project.experiment)
+    assert experiment is not None
+    (run,) = client.search_runs(
+        [experiment.experiment_id], "tags.`flywheel.stage` = 'retrain'", max_results=1
+    )
+    assert any(key.startswith("flywheel.dvc.") for key in run.data.tags), f"data hashes: {run.data.tags}"
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2, "a loss point per step"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert "adapter/adapter_config.json" in artifacts, f"the adapter is logged: {artifacts}"
+    # when the candidate is gated on a few items and probes (a smoke run: the base model is the baseline)
+    result = _prefect(
+        stack, "deployment", "run", "evaluate/on-demand", "-p", f"candidate_run_id={run.info.run_id}",
+        "-p", "max_items=4", "-p", "max_probes=2", "--watch", "--watch-timeout", "500", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Completed" in result.stdout, f"evaluate failed:\n{result.stdout}"
+    # then the evaluation is in the candidate's run and the version carries the verdict
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/model_card.md", "evaluation/items.json", "evaluation/scores.png"} <= logged, logged
+    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    assert version.tags["flywheel.gate"] in {"passed", "failed"}, version.tags
+    if version.tags["flywheel.gate"] == "failed":
+        assert version.tags["flywheel.gate_failed_rules"], "a failed candidate names its failed rules"
+        assert not version.aliases, "a failed candidate gets no alias"

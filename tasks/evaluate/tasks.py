@@ -1,0 +1,114 @@
+"""Prefect tasks of the evaluate flow: load the two models, run the suite, gate, record, register."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from flywheel.runtime.llm import ChatModel, load_chat_model
+from flywheel.settings import EvaluateParams, ModelParams, PriceParams
+from tasks.evaluate.gate import GateDecision, ci_plot, score_distribution_plot
+from tasks.evaluate.model_card import model_card
+from tasks.evaluate.run_eval import EvalItem, ModelEval, evaluate_model, gate
+
+
+def adapter_model(model: ModelParams, uri: str | None, cache: Path) -> tuple[ChatModel, str]:
+    """The base model plus the adapter at `uri` (downloaded once), or the base model for None."""
+    if uri is None:
+        return load_chat_model(model), "base"
+    from registry import download_artifacts
+
+    target = cache / uri.replace(":/", "_").replace("/", "_")
+    if not target.exists():
+        download_artifacts(uri, target)
+    config = next(target.rglob("adapter_config.json"))
+    return load_chat_model(model, adapter=config.parent), uri
+
+
+@task(name="load-baseline")
+def load_baseline(model: ModelParams, registered_model: str, cache: Path) -> tuple[ChatModel, str]:
+    """Prefect task: the champion (base + its adapter), or the base model when there is none yet."""
+    from registry import AliasNotFoundError, get_version_by_alias
+
+    try:
+        champion = get_version_by_alias(registered_model, "champion")
+    except AliasNotFoundError:
+        print("no champion yet: the base model is the baseline")
+        return load_chat_model(model), "base"
+    chat, _ = adapter_model(model, champion.source, cache)
+    return chat, f"{registered_model} v{champion.version}"
+
+
+@task(name="load-candidate")
+def load_candidate(model: ModelParams, run_id: str, cache: Path) -> ChatModel:
+    """Prefect task: the base model with the candidate's adapter from its training run."""
+    return adapter_model(model, f"runs:/{run_id}/adapter", cache)[0]
+
+
+@task(name="run-eval-suite")
+def run_suite(
+    chat: ChatModel, items: list[EvalItem], probes: list[dict[str, Any]], model: ModelParams,
+    params: EvaluateParams, price: PriceParams,
+) -> ModelEval:  # fmt: skip
+    """Prefect task: answer every eval item and safety probe with `chat`, scored."""
+    from flywheel.runtime.embeddings import load_embedder
+
+    embedder = load_embedder()
+    return evaluate_model(
+        chat, items, probes, model.system_prompt, params.max_new_tokens, price,
+        lambda texts: embedder.encode(texts),
+    )  # fmt: skip
+
+
+@task(name="gate")
+def run_gate(candidate: ModelEval, baseline: ModelEval, params: EvaluateParams) -> GateDecision:
+    """Prefect task: the gate's decision, published as a markdown artifact."""
+    decision = gate(candidate, baseline, params)
+    create_markdown_artifact(key="gate-decision", markdown=decision.markdown())
+    print(f"gate {'PASSED' if decision.passed else 'FAILED: ' + ', '.join(decision.failed_rules)}")
+    return decision
+
+
+@task(name="record-evaluation", retries=2, retry_delay_seconds=[2, 5])
+def record(
+    tracking_uri: str, run_id: str, registered_model: str, model: ModelParams, application: str,
+    candidate: ModelEval, baseline: ModelEval, baseline_name: str, decision: GateDecision,
+    params: EvaluateParams,
+) -> str:  # fmt: skip
+    """Prefect task: log the evaluation into the candidate's run, then register the candidate."""
+    from registry import register_candidate
+    from registry.runs import log_to_run, run_tags
+
+    tags = run_tags(tracking_uri, run_id)
+    lineage = {
+        key.removeprefix("flywheel."): value for key, value in tags.items() if key.startswith("flywheel.")
+    }
+    lineage["parent"] = baseline_name
+    data = {key.removeprefix("dvc."): value for key, value in lineage.items() if key.startswith("dvc.")}
+    card = model_card(
+        f"{registered_model} candidate (run {run_id[:8]})", model.gguf_file or model.source,
+        application, data, {"base": baseline_name}, decision, (candidate.safety, baseline.safety),
+        ("no LLM-judge metrics: no judge endpoint configured",),
+    )  # fmt: skip
+    metric = params.primary_metric
+    with tempfile.TemporaryDirectory() as tmp:
+        plots = [
+            score_distribution_plot(candidate.scores, baseline.scores, metric, Path(tmp) / "scores.png"),
+            ci_plot(decision, Path(tmp) / "ci.png"),
+        ]
+        items = candidate.scores.merge(baseline.scores, on="item_id", suffixes=("_candidate", "_baseline"))
+        log_to_run(
+            tracking_uri, run_id, decision.metrics(),
+            {"evaluation/items.json": items, "evaluation/probes.json": candidate.probes},
+            plots, {"evaluation/model_card.md": card, "evaluation/gate.md": decision.markdown()},
+        )  # fmt: skip
+    scores = {f"{metric}.mean": float(candidate.scores[metric].mean())}
+    version = register_candidate(
+        registered_model, f"runs:/{run_id}/adapter", run_id, passed=decision.passed,
+        failed_rules=decision.failed_rules, lineage=lineage, scores=scores, description=card.splitlines()[0],
+    )  # fmt: skip
+    return version.version
