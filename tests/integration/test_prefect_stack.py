@@ -205,7 +205,13 @@ def test_retrain_then_evaluate_register_a_candidate_with_its_verdict(
     # then the evaluation is in the candidate's run and the version carries the verdict
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/model_card.md", "evaluation/items.json", "evaluation/scores.png"} <= logged, logged
-    (version,) = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+    name = load_params().project.registered_model
+    versions = client.search_model_versions(f"name = '{name}'")
+    mine = [v for v in versions if v.run_id == run.info.run_id]
+    assert len(mine) == 1, (
+        f"one version of {name} from run {run.info.run_id}: {[(v.version, v.run_id) for v in versions]}"
+    )
+    (version,) = mine
     assert version.tags["flywheel.gate"] in {"passed", "failed"}, version.tags
     if version.tags["flywheel.gate"] == "failed":
         assert version.tags["flywheel.gate_failed_rules"], "a failed candidate names its failed rules"
