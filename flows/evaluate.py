@@ -30,7 +30,9 @@ def evaluate(
     items = load_eval_items(env.data_dir / params.evaluate.eval_suite)[:max_items]
     probes = load_suite()[:max_probes]
     cache = env.home / "adapters"
-    baseline_chat, baseline_name = load_baseline(params.model, params.project.registered_model, cache)
+    baseline_chat, baseline_name = load_baseline(
+        params.model, env.tracking_uri, params.project.registered_model, cache
+    )
     candidate_chat = load_candidate(params.model, candidate_run_id, cache)
     price = params.gateway.prices["default"]
     baseline = run_suite(baseline_chat, items, probes, params.model, params.evaluate, price)

@@ -84,7 +84,7 @@ def log_to_run(
     from mlflow.exceptions import MlflowException
 
     try:
-        mlflow.set_tracking_uri(tracking_uri)
+        configure_tracking(tracking_uri)
         with mlflow.start_run(run_id=run_id):
             mlflow.log_metrics({key: float(value) for key, value in metrics.items()})
             for name, frame in tables.items():

@@ -30,9 +30,14 @@ def adapter_model(model: ModelParams, uri: str | None, cache: Path) -> tuple[Cha
 
 
 @task(name="load-baseline")
-def load_baseline(model: ModelParams, registered_model: str, cache: Path) -> tuple[ChatModel, str]:
+def load_baseline(
+    model: ModelParams, tracking_uri: str, registered_model: str, cache: Path
+) -> tuple[ChatModel, str]:
     """Prefect task: the champion (base + its adapter), or the base model when there is none yet."""
-    from registry import AliasNotFoundError, get_version_by_alias
+    from registry import AliasNotFoundError, configure_tracking, get_version_by_alias
+
+    # explicit: MLflow's default registry (./mlflow.db) would silently be another registry
+    configure_tracking(tracking_uri)
 
     try:
         champion = get_version_by_alias(registered_model, "champion")
@@ -80,8 +85,10 @@ def record(
     params: EvaluateParams,
 ) -> str:  # fmt: skip
     """Prefect task: log the evaluation into the candidate's run, then register the candidate."""
-    from registry import register_candidate
+    from registry import configure_tracking, register_candidate
     from registry.runs import log_to_run, run_tags
+
+    configure_tracking(tracking_uri)
 
     tags = run_tags(tracking_uri, run_id)
     lineage = {
