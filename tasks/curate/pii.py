@@ -53,6 +53,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flywheel.checksums import luhn_ok
 from tasks.curate.frame import TEXT_COLUMNS
 
 if TYPE_CHECKING:
@@ -236,15 +237,10 @@ class RedactionResult:
 
 def luhn_valid(number: str) -> bool:
     """Whether the digits of `number` (spaces and dashes allowed) are 13-19 long and pass Luhn."""
-    digits = [int(char) for char in number if char.isdigit()]
+    digits = "".join(char for char in number if char.isdigit())
     if not 13 <= len(digits) <= 19 or len(digits) != len(number.replace(" ", "").replace("-", "")):
         return False
-    total = 0
-    for position, digit in enumerate(reversed(digits)):
-        if position % 2 == 1:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0
+    return luhn_ok(digits)
 
 
 @functools.cache

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flywheel.checksums import luhn_ok
 from tasks.curate.frame import COLUMNS
 
 if TYPE_CHECKING:
@@ -89,15 +90,6 @@ PII_CANDIDATE = "pii_candidate_"  # + text column: True where PII_GATE matches
 CARD_CANDIDATE = "card_candidate_"  # + text column: True where a 13-19 digit run passes Luhn
 # + split name: 1.0 where the row is in that split, else null; its non-null share is the split's
 IN_SPLIT = "in_split_"
-
-
-def luhn_ok(digits: str) -> bool:
-    """Whether a digit string passes the Luhn checksum (as every payment card number does)."""
-    total = 0
-    for i, char in enumerate(reversed(digits)):
-        value = int(char) * (2 if i % 2 else 1)
-        total += value - 9 if value > 9 else value
-    return total % 10 == 0
 
 
 def card_candidate(texts: pd.Series) -> pd.Series:

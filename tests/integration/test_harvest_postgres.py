@@ -12,25 +12,18 @@ import pytest
 import sqlalchemy as sa
 
 from tasks.harvest import make_source, run_harvest
-from tests.conftest import skip_or_fail
+from tests.helpers.postgres import PG_URL, postgres_engine
 from tests.helpers.raw_partitions import harvested_ids, harvested_records, quarantined
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
 
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
 
 @pytest.fixture
 def engine() -> Iterator[tuple[sa.Engine, str]]:
     """An engine and a fresh schema with a `chats` table (jsonb messages), dropped after the test."""
-    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.OperationalError:
-        engine.dispose()
-        skip_or_fail("PostgreSQL not reachable at 127.0.0.1:5432")
+    engine = postgres_engine()
     schema = f"harvest_test_{uuid.uuid4().hex[:12]}"
     with engine.begin() as conn:
         conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))

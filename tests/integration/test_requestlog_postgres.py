@@ -12,24 +12,16 @@ import sqlalchemy as sa
 from flywheel.requestlog import BatchWriter, FeedbackItem, LoggedRequest, RequestLog
 from flywheel.schemas import Feedback
 from flywheel.settings import RequestLogParams
-from tests.conftest import skip_or_fail
+from tests.helpers.postgres import PG_URL, postgres_engine
 from tests.helpers.request_records import T0, make_record, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.services]
-
-PG_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
 @pytest.fixture
 def schema() -> Iterator[str]:
     """A fresh schema name, dropped with everything in it after the test."""
-    engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    try:
-        with engine.connect():
-            pass
-    except sa.exc.OperationalError:
-        engine.dispose()
-        skip_or_fail("PostgreSQL not reachable at 127.0.0.1:5432")
+    engine = postgres_engine()
     name = f"requestlog_test_{uuid.uuid4().hex[:12]}"
     yield name
     with engine.begin() as conn:
