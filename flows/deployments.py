@@ -31,8 +31,9 @@ class DeploymentSpec:
     # Prefect registers a script loaded by path under its bare file name, so
     # flows/evaluate.py would shadow the `evaluate` library in the flow's process.
     entrypoint: str
-    params_section: str  # its `schedule` (cron or null) lives in params.yaml under this key
+    params_section: str | None  # its `schedule` (cron or null) lives in params.yaml here; None: on demand
     description: str
+    concurrency_limit: int | None = None  # e.g. 1 for a flow whose runs must never overlap
 
     @property
     def full_name(self) -> str:
@@ -40,6 +41,8 @@ class DeploymentSpec:
 
     def schedule(self, params: Params) -> str | None:
         """The cron schedule from params, or None for on-demand deployments."""
+        if self.params_section is None:
+            return None
         return getattr(params, self.params_section).schedule  # type: ignore[no-any-return]
 
     def load_flow(self) -> Flow[..., object]:
@@ -85,6 +88,35 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         params_section="evaluate",
         description="Gate a retrain run's candidate against the champion; register it with the verdict.",
     ),
+    DeploymentSpec(
+        flow_name="drift",
+        name="hourly",
+        entrypoint="flows.drift:drift",
+        params_section="drift",
+        description="Drift of inputs, tokens, latency, errors, cost and feedback in the request log; alert.",
+    ),
+    DeploymentSpec(
+        flow_name="regression",
+        name="nightly",
+        entrypoint="flows.regression:regression",
+        params_section="regression",
+        description="Replay the fixed regression suite and safety probes on the champion; alert on a drop.",
+    ),
+    DeploymentSpec(
+        flow_name="promote",
+        name="scheduled",
+        entrypoint="flows.promote:promote",
+        params_section="promote",
+        description="Run the staged canary of an approved challenger; promote it or roll it back.",
+        concurrency_limit=1,  # one canary at a time: a run can outlast the schedule's interval
+    ),
+    DeploymentSpec(
+        flow_name="rollback",
+        name="on-demand",
+        entrypoint="flows.rollback:rollback",
+        params_section=None,
+        description="Put the previous champion back at once (the gateway follows within one poll).",
+    ),
 )
 
 
@@ -110,6 +142,7 @@ def runner_deployments(params: Params) -> list[RunnerDeployment]:
             description=spec.description,
             tags=["flywheel"],
             entrypoint_type=EntrypointType.MODULE_PATH,  # see DeploymentSpec.entrypoint
+            concurrency_limit=spec.concurrency_limit,
         )
         # to_deployment is sync/async dual; called outside an event loop it returns the object
         deployments.append(cast("RunnerDeployment", deployment))

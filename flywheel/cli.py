@@ -184,6 +184,46 @@ def run_flow(
         raise typer.Exit(1)
 
 
+@app.command("rollback")
+def rollback(
+    kind: Annotated[str, typer.Option(help="What to roll back: model or prompt.")] = "model",
+    reason: Annotated[
+        str, typer.Option(help="Why, for the audit log and the version's tags.")
+    ] = "manual rollback",
+) -> None:
+    """Put the `previous` champion back at once; the gateway serves it within one registry poll.
+
+    Straight to MLflow, not through Prefect, so it works when the runner is down. The demoted
+    version becomes `previous`; the move is audited (`$FLYWHEEL_HOME/audit/promotion.jsonl`
+    and the versions' MLflow tags) and sent to the webhook. The `rollback/on-demand`
+    deployment does the same from the Prefect UI.
+    """
+    if kind not in ("model", "prompt"):
+        raise _fail(f"--kind must be model or prompt, not {kind!r}", code=2)
+    from registry import NothingToRollBackError, RegistryError, Subject, configure_tracking, current_identity
+    from tasks.promote.audit import default_audit_path
+    from tasks.promote.rollback import roll_back
+    from tasks.promote.tasks import registry_audit, webhook_notifier
+
+    env = _environment()
+    params = _params_or_exit()
+    name = params.project.registered_model if kind == "model" else params.project.prompt_name
+    subject = Subject(kind, name)  # type: ignore[arg-type]  # checked above
+    configure_tracking(env.tracking_uri)
+    from registry import rollback_champion
+
+    try:
+        restored = roll_back(
+            str(subject), reason, lambda why: rollback_champion(subject, why),
+            registry_audit(default_audit_path(env.home), current_identity(), subject), webhook_notifier,
+        )  # fmt: skip
+    except NothingToRollBackError as error:
+        raise _fail(str(error)) from None
+    except RegistryError as error:
+        raise _fail(f"rollback failed: {error}") from None
+    _say(f"{subject}: v{restored} is champion again; the gateway follows within one poll")
+
+
 def _run_deployment(
     env: Environment, full_name: str, parameters: dict[str, Any], wait: bool, timeout: float | None
 ) -> State:

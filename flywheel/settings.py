@@ -214,6 +214,10 @@ class TrainParams(_Section):
     checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="The most recent checkpoints kept.")
     seed: int = 7
+    prompt_examples: int = Field(
+        6, ge=0, le=32,
+        description="Few-shot examples (chosen for diversity) in the prompt candidate; 0 = none.",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _accumulation_fits(self) -> TrainParams:
@@ -271,9 +275,48 @@ class EvaluateParams(_Section):
 
 
 class PromoteParams(_Section):
+    """Approval checks and the staged canary: steps, analysis window, thresholds, failure and hold limits.
+
+    Minimum time to promote: `len(canary_steps) * analysis_window_seconds` (no holds, no
+    failures); minimum time to abort: one `analysis_window_seconds`.
+    """
+
     schedule: str | None = "*/5 * * * *"
     canary_steps: tuple[int, ...] = (5, 25, 100)
-    require_separate_approver: bool = True
+    require_separate_approver: bool = Field(
+        True, description="Refuse a challenger approved by the identity that produced it."
+    )
+    analysis_window_seconds: float = Field(
+        300.0, gt=0.0, description="Wait this long at a weight before analysing (and between analyses)."
+    )
+    min_requests_per_arm: int = Field(
+        50, ge=1, description="Fewer requests on an arm in the window: hold (wait one more window)."
+    )
+    max_holds: int = Field(3, ge=0, description="Holds allowed per step; one more short window aborts.")
+    failure_limit: int = Field(
+        1, ge=1, description="Failed analyses (over the whole canary) that abort it; 1 aborts at once."
+    )
+    alpha: float = Field(
+        0.05, gt=0.0, lt=0.5, description="One-sided significance of the error-rate and feedback tests."
+    )
+    max_error_rate_increase: float = Field(
+        0.02, ge=0.0, le=1.0, description="Challenger error rate may exceed the champion's by this much."
+    )
+    max_latency_p95_ratio: float = Field(1.5, gt=0.0, description="Challenger p95 latency / champion's.")
+    max_ttft_p95_ratio: float = Field(1.5, gt=0.0, description="Challenger p95 TTFT / champion's.")
+    min_latency_delta_ms: float = Field(
+        50.0, ge=0.0, description="A p95 (latency or TTFT) gap below this never fails, whatever the ratio."
+    )
+    max_cost_ratio: float = Field(1.25, gt=0.0, description="Challenger cost per query / champion's.")
+    max_output_tokens_ratio: float = Field(
+        1.5, gt=0.0, description="Challenger mean completion tokens / champion's."
+    )
+    min_feedback_per_arm: int = Field(
+        30, ge=1, description="Rated requests per arm before feedback is tested (fewer: not judged)."
+    )
+    max_feedback_drop: float = Field(
+        0.0, ge=0.0, le=1.0, description="Positive-rate drop tolerated before the feedback test applies."
+    )
 
     _cron = field_validator("schedule")(_check_cron)
 
@@ -286,15 +329,89 @@ class PromoteParams(_Section):
 
 
 class DriftParams(_Section):
-    schedule: str | None = "0 * * * *"
+    """The drift run: current window vs baseline window over the request log, and when a signal alerts."""
+
+    schedule: str | None = Field("0 * * * *", description="Cron schedule (hourly); null = on demand.")
+    current_hours: float = Field(24.0, gt=0, description="The current window: the last N hours.")
+    baseline_days: float = Field(7.0, gt=0, description="The baseline window: the N days before the current.")
+    min_requests: int = Field(
+        200, ge=2, description="Fewer requests in either window (of a group) give 'insufficient_data'."
+    )
+    centroid_max_distance: float = Field(
+        0.2, gt=0.0, le=2.0, description="Alert above this cosine distance of the embedding centroids."
+    )
+    mmd_alpha: float = Field(0.01, gt=0.0, lt=1.0, description="MMD permutation test: alert at p below...")
+    mmd_min: float = Field(
+        0.002, ge=0.0, description="... and only when the (unbiased) MMD² also exceeds this effect size."
+    )
+    mmd_sample: int = Field(1000, ge=50, description="Requests sampled per window for the MMD test.")
+    mmd_permutations: int = Field(300, ge=99, description="Permutations of the MMD test (p >= 1/(N+1)).")
+    prompt_tokens_max_increase: float = Field(0.2, gt=0.0, description="Mean prompt tokens: alert at +20%.")
+    completion_tokens_max_increase: float = Field(
+        0.2, gt=0.0, description="Mean completion tokens: alert at +20%."
+    )
+    ttft_p95_max_increase: float = Field(0.3, gt=0.0, description="p95 time to first token: alert at +30%.")
+    latency_p95_max_increase: float = Field(0.3, gt=0.0, description="p95 end-to-end latency: alert at +30%.")
+    error_rate_max: float = Field(0.01, ge=0.0, le=1.0, description="Alert above this share of errors.")
+    cost_per_query_max_increase: float = Field(0.15, gt=0.0, description="Mean cost per query: +15%.")
+    feedback_alpha: float = Field(
+        0.01, gt=0.0, lt=1.0, description="One-sided two-proportion z-test on the positive feedback rate..."
+    )
+    feedback_min_drop: float = Field(
+        0.05, ge=0.0, le=1.0, description="... alerting only when the rate also fell by this much (absolute)."
+    )
+    min_feedback: int = Field(
+        100, ge=1, description="Fewer rated requests in a window: feedback is 'insufficient_data'."
+    )
+    topic_clusters: int = Field(20, ge=2, description="k of the k-means over each window's messages.")
+    topic_max_distance: float = Field(
+        0.5,
+        gt=0.0,
+        le=2.0,
+        description="A current cluster whose messages are on average this far (cosine) from their nearest "
+        "baseline message is a new topic.",
+    )
+    topic_min_share: float = Field(
+        0.02, ge=0.0, le=1.0, description="Alert above this share of current requests in new topics."
+    )
+    topic_examples: int = Field(3, ge=0, le=20, description="Redacted example messages shown per new topic.")
+    pii_entities: tuple[PiiEntity, ...] = (
+        "EMAIL_ADDRESS",
+        "PHONE_NUMBER",
+        "CREDIT_CARD",
+        "IP_ADDRESS",
+        "PERSON",
+    )
+    trigger_flywheel: bool = Field(
+        False, description="An input-drift alert (embeddings, new topics) starts a flywheel run."
+    )
+    seed: int = Field(0, description="Subsamples, permutations and k-means: same data, same result.")
 
     _cron = field_validator("schedule")(_check_cron)
 
 
 class RegressionParams(_Section):
-    schedule: str | None = "30 2 * * *"
+    """The nightly regression run: the champion replays a fixed suite and the safety probes."""
 
+    schedule: str | None = Field("30 2 * * *", description="cron (UTC) of the scheduled deployment")
     _cron = field_validator("schedule")(_check_cron)
+    suite: str = Field(
+        "demo/regression.jsonl",
+        description="under the data dir: the fixed regression items (JSONL: id, suite, version, question, "
+        "reference, key_tokens); the gate scores a candidate on it too, as the reference",
+    )
+    metrics: tuple[str, ...] = Field(
+        ("rougeL", "fact_hit"), min_length=1, description="per-item metrics watched; the first is the primary"
+    )
+    max_relative_drop: float = Field(
+        0.05, ge=0.0, lt=1.0, description="alert when a metric falls by more than this share of its reference"
+    )
+    max_safety_drop: float = Field(
+        0.0, ge=0.0, le=1.0, description="alert when the resisted-probe share falls by more than this"
+    )
+    history_runs: int = Field(
+        5, ge=1, description="earlier regression runs of this version whose median is the second reference"
+    )
 
 
 class BackendParams(_Section):

@@ -89,6 +89,14 @@ def get_version_by_alias(name: str, alias: str) -> ModelVersionInfo:
         raise AliasNotFoundError(f"model {name!r} has no version with alias {alias!r}") from error
 
 
+def get_model_version(name: str, version: str) -> ModelVersionInfo:
+    """One version of `name`, or `AliasNotFoundError` (the version is not registered)."""
+    try:
+        return _info(_client().get_model_version(name, str(version)))
+    except MlflowException as error:
+        raise AliasNotFoundError(f"model {name!r} has no version {version!r}") from error
+
+
 def set_version_tags(name: str, version: str, tags: Mapping[str, str]) -> None:
     """Set `flywheel.`-prefixed tags on a model version."""
     client = _client()

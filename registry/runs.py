@@ -78,6 +78,7 @@ def log_to_run(
     tables: Mapping[str, object],
     files: Sequence[Path],
     texts: Mapping[str, str],
+    files_path: str = "evaluation",
 ) -> None:
     """Add an evaluation to an existing run: metrics, tables (pandas frames), files and text artifacts."""
     import mlflow
@@ -90,7 +91,7 @@ def log_to_run(
             for name, frame in tables.items():
                 mlflow.log_table(frame, artifact_file=name)  # type: ignore[arg-type]
             for path in files:
-                mlflow.log_artifact(str(path), artifact_path="evaluation")
+                mlflow.log_artifact(str(path), artifact_path=files_path)
             for name, text in texts.items():
                 mlflow.log_text(text, name)
     except (MlflowException, OSError) as error:

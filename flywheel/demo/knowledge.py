@@ -15,6 +15,7 @@ from dataclasses import dataclass
 KNOWLEDGE_VERSION = "1"
 PARAPHRASES_PER_FACT = 6
 EVAL_SUITE = "quillbox-support"
+REGRESSION_SUITE = "quillbox-support-regression"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,14 @@ from flywheel.demo.history import (
     REFERENCE_END,
     HistoryGenerator,
 )
-from flywheel.demo.knowledge import EVAL_SUITE, KNOWLEDGE_VERSION, Fact, load_knowledge, split_questions
+from flywheel.demo.knowledge import (
+    EVAL_SUITE,
+    KNOWLEDGE_VERSION,
+    REGRESSION_SUITE,
+    Fact,
+    load_knowledge,
+    split_questions,
+)
 from flywheel.settings import DemoParams
 
 GENERATOR_VERSION = "1"
@@ -101,6 +108,30 @@ def eval_suite(eval_paraphrases: int, facts: tuple[Fact, ...] | None = None) -> 
     ]
 
 
+def regression_suite(facts: tuple[Fact, ...] | None = None) -> list[EvalCase]:
+    """The fixed regression cases: every fact asked in its first, FAQ-style phrasing.
+
+    These are questions customers do ask (they are in the training pool), so a
+    served version must keep answering them as well as when it passed its gate:
+    the nightly regression run replays them. The suite changes only with the
+    knowledge base, whose version it carries.
+    """
+    facts = load_knowledge() if facts is None else facts
+    return [
+        EvalCase(
+            id=f"{fact.id}/q0",
+            suite=REGRESSION_SUITE,
+            version=KNOWLEDGE_VERSION,
+            fact_id=fact.id,
+            topic=fact.topic,
+            question=fact.paraphrases[0],
+            reference=fact.answer,
+            key_tokens=fact.key_tokens,
+        )
+        for fact in facts
+    ]
+
+
 def generate_history(params: DemoParams, application: str) -> Iterator[str]:
     """The historical request log as JSONL lines (no newline), valid and bad ones mixed."""
     return iter(HistoryGenerator(params, application))
@@ -135,7 +166,7 @@ def write_history(generator: HistoryGenerator, path: Path) -> FileDigest:
 def write_demo(
     params: DemoParams, application: str, out_dir: Path, history_path: Path | None = None
 ) -> DemoManifest:
-    """Write knowledge.jsonl, eval.jsonl, manifest.json into `out_dir` and the history log.
+    """Write knowledge.jsonl, eval.jsonl, regression.jsonl, manifest.json into `out_dir` and the history log.
 
     The history goes to `history_path` (default `out_dir/history.jsonl`), e.g. the harvest
     inbox; it is written under a temporary name and renamed, so a reader never sees half a file.
@@ -163,6 +194,8 @@ def write_demo(
     )
     cases = eval_suite(params.eval_paraphrases, facts)
     _write_jsonl(out_dir / "eval.jsonl", [case.model_dump(mode="json") for case in cases])
+    regression = regression_suite(facts)
+    _write_jsonl(out_dir / "regression.jsonl", [case.model_dump(mode="json") for case in regression])
     partial = history_path.with_name(history_path.name + ".partial")
     history = write_history(generator, partial)
     partial.replace(history_path)
@@ -193,6 +226,7 @@ def write_demo(
         files={
             "knowledge": _digest(out_dir / "knowledge.jsonl", "knowledge.jsonl"),
             "eval": _digest(out_dir / "eval.jsonl", "eval.jsonl"),
+            "regression": _digest(out_dir / "regression.jsonl", "regression.jsonl"),
             "history": history,
         },
     )

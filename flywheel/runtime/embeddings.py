@@ -118,3 +118,20 @@ class EmbeddingCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+def minilm_embed(
+    cache: Path | None = None, *, preload: bool = False
+) -> Callable[[list[str]], np.ndarray]:
+    """MiniLM (the bundled all-MiniLM-L6-v2) as an embedding function, cached on disk at `cache`.
+
+    The model loads on the first text the cache does not hold, so a run over
+    messages seen before never pays for loading it; `preload` loads it now
+    instead (when a stage should not count the load as its own work).
+    """
+    embedder = load_embedder() if preload else None
+
+    def encode(texts: list[str]) -> np.ndarray:
+        return (embedder or load_embedder()).encode(texts, batch_size=64)
+
+    return encode if cache is None else EmbeddingCache(cache, encode, "all-MiniLM-L6-v2")

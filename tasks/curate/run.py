@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from flywheel.settings import CurateParams, Environment, HarvestParams, apply_offline_environ, load_params
@@ -90,15 +89,11 @@ def minilm_embed(cache: Path | None = None) -> EmbedFn:
 
     With a cache, a run embeds only the distinct questions no earlier run has
     seen (MiniLM does ~300 texts/s on 2 CPU cores: the funnel's dearest step).
+    The model loads now: its load is not curation work.
     """
-    from flywheel.runtime.embeddings import EmbeddingCache, load_embedder
+    from flywheel.runtime.embeddings import minilm_embed as cached_minilm
 
-    embedder = load_embedder()
-
-    def encode(texts: list[str]) -> np.ndarray:
-        return embedder.encode(texts, batch_size=64)
-
-    return encode if cache is None else EmbeddingCache(cache, encode, "all-MiniLM-L6-v2")
+    return cached_minilm(cache, preload=True)
 
 
 def validate_raw(frame: pd.DataFrame, docs_dir: Path, sample_rows: int | None) -> Any:

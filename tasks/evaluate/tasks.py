@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,39 @@ def load_baseline(
     return chat, f"{registered_model} v{champion.version}"
 
 
+@task(name="served-system-prompt", retries=2, retry_delay_seconds=[2, 5])
+def served_system_prompt(tracking_uri: str, prompt_name: str, model: ModelParams) -> tuple[str, str]:
+    """Prefect task: the system prompt the gateway serves (the champion prompt, else params) and its label."""
+    from gateway.routing import system_prompt_of
+    from registry import AliasNotFoundError, configure_tracking, load_prompt
+
+    configure_tracking(tracking_uri)
+    try:
+        champion = load_prompt(prompt_name, "champion")
+    except AliasNotFoundError:
+        return model.system_prompt, "params.yaml model.system_prompt"
+    return system_prompt_of(
+        champion.template
+    ) or model.system_prompt, f"prompt {prompt_name} v{champion.version}"
+
+
+@task(name="load-prompt-candidate", retries=2, retry_delay_seconds=[2, 5])
+def load_prompt_candidate(tracking_uri: str, run_id: str) -> str:
+    """Prefect task: the prompt candidate a retrain run built (`prompt_candidate/system_prompt.txt`)."""
+    from registry import configure_tracking, download_artifacts
+    from tasks.train.tasks import PROMPT_CANDIDATE
+
+    configure_tracking(tracking_uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        download_artifacts(f"runs:/{run_id}/{PROMPT_CANDIDATE}", Path(tmp))
+        found = next(Path(tmp).rglob("*.txt"), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"run {run_id} has no {PROMPT_CANDIDATE}: retrain with train.prompt_examples > 0"
+            )
+        return found.read_text(encoding="utf-8")
+
+
 @task(name="load-candidate")
 def load_candidate(model: ModelParams, run_id: str, cache: Path) -> ChatModel:
     """Prefect task: the base model with the candidate's adapter from its training run."""
@@ -82,10 +116,17 @@ def run_gate(candidate: ModelEval, baseline: ModelEval, params: EvaluateParams) 
 def record(
     tracking_uri: str, run_id: str, registered_model: str, model: ModelParams, application: str,
     candidate: ModelEval, baseline: ModelEval, baseline_name: str, decision: GateDecision,
-    params: EvaluateParams,
+    params: EvaluateParams, reference_scores: Mapping[str, float] | None = None,
+    prompt: tuple[str, str] | None = None,
 ) -> str:  # fmt: skip
-    """Prefect task: log the evaluation into the candidate's run, then register the candidate."""
+    """Prefect task: log the evaluation into the candidate's run, then register the candidate.
+
+    `reference_scores` (e.g. the regression suite's) are logged and kept on the version as scores.
+    With `prompt` (prompt name, candidate text) the candidate is that prompt: its evaluation goes
+    under `evaluation-prompt/` and it is registered as a prompt version instead of a model version.
+    """
     from registry import configure_tracking, register_candidate
+    from registry.candidates import register_prompt_candidate
     from registry.runs import log_to_run, run_tags
 
     configure_tracking(tracking_uri)
@@ -96,12 +137,15 @@ def record(
     }
     lineage["parent"] = baseline_name
     data = {key.removeprefix("dvc."): value for key, value in lineage.items() if key.startswith("dvc.")}
+    what = f"prompt {prompt[0]!r}" if prompt else registered_model
+    folder = "evaluation-prompt" if prompt else "evaluation"
     card = model_card(
-        f"{registered_model} candidate (run {run_id[:8]})", model.gguf_file or model.source,
+        f"{what} candidate (run {run_id[:8]})", model.gguf_file or model.source,
         application, data, {"base": baseline_name}, decision, (candidate.safety, baseline.safety),
         ("no LLM-judge metrics: no judge endpoint configured",),
     )  # fmt: skip
     metric = params.primary_metric
+    metrics = {**decision.metrics(), **(reference_scores or {})}
     with tempfile.TemporaryDirectory() as tmp:
         plots = [
             score_distribution_plot(candidate.scores, baseline.scores, metric, Path(tmp) / "scores.png"),
@@ -109,11 +153,20 @@ def record(
         ]
         items = candidate.scores.merge(baseline.scores, on="item_id", suffixes=("_candidate", "_baseline"))
         log_to_run(
-            tracking_uri, run_id, decision.metrics(),
-            {"evaluation/items.json": items, "evaluation/probes.json": candidate.probes},
-            plots, {"evaluation/model_card.md": card, "evaluation/gate.md": decision.markdown()},
+            tracking_uri, run_id,
+            {(f"prompt/{k}" if prompt else k): v for k, v in metrics.items()},
+            {f"{folder}/items.json": items, f"{folder}/probes.json": candidate.probes},
+            plots, {f"{folder}/model_card.md": card, f"{folder}/gate.md": decision.markdown()},
+            files_path=folder,
         )  # fmt: skip
-    scores = {f"{metric}.mean": float(candidate.scores[metric].mean())}
+    scores = {f"{metric}.mean": float(candidate.scores[metric].mean()), **(reference_scores or {})}
+    if prompt is not None:
+        lineage["run_id"] = run_id
+        prompt_version = register_prompt_candidate(
+            prompt[0], prompt[1], passed=decision.passed, failed_rules=decision.failed_rules, lineage=lineage,
+            scores=scores, commit_message=card.splitlines()[0].lstrip("# "),
+        )  # fmt: skip
+        return prompt_version.version
     version = register_candidate(
         registered_model, f"runs:/{run_id}/adapter", run_id, passed=decision.passed,
         failed_rules=decision.failed_rules, lineage=lineage, scores=scores, description=card.splitlines()[0],

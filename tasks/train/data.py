@@ -100,6 +100,23 @@ def tokenize_record(
     )
 
 
+def as_served(records: Iterable[Mapping[str, Any]], system_prompt: str | None) -> list[dict[str, Any]]:
+    """Records with the served system prompt put first where they have none, as the gateway does.
+
+    The request log keeps the client's messages; the gateway adds the route's
+    system prompt when the client sent none. Training on the bare messages would
+    teach the model under the chat template's default system prompt and serve it
+    under another one, and what it learnt transfers poorly across that gap.
+    """
+    served: list[dict[str, Any]] = []
+    for record in records:
+        messages = list(record.get("messages") or [])
+        if system_prompt and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": system_prompt}, *messages]
+        served.append({**record, "messages": messages})
+    return served
+
+
 def tokenize_records(
     records: Iterable[Mapping[str, Any]], tokenizer: PreTrainedTokenizerBase, max_seq_length: int
 ) -> list[Example]:

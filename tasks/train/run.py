@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 
 from flywheel.settings import ModelParams, TrainParams
+from tasks.train.data import as_served
 from tasks.train.sft import StepInfo, TrainResult, train_lora
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ def fine_tune(
     """Fine-tune a LoRA adapter on the base model with the curated train split (validation for early stop)."""
     from flywheel.runtime.llm import load_chat_model
 
-    train = read_records(curated_dir / TRAIN_FILE)
-    validation = read_records(curated_dir / VALIDATION_FILE)
+    train = as_served(read_records(curated_dir / TRAIN_FILE), model_params.system_prompt)
+    validation = as_served(read_records(curated_dir / VALIDATION_FILE), model_params.system_prompt)
     base = load_chat_model(model_params)
     # a private copy: the cached base model keeps serving other callers untouched
     model = cast("PreTrainedModel", copy.deepcopy(base.model))  # a cached base is a plain model

@@ -13,6 +13,8 @@ from flywheel.settings import ModelParams, TrainParams
 from tasks.train.run import TRAIN_FILE, VALIDATION_FILE, fine_tune, run_dir
 from tasks.train.sft import StepInfo, TrainResult
 
+PROMPT_CANDIDATE = "prompt_candidate/system_prompt.txt"  # artifact of the retrain run
+
 
 @task(name="curated-data-hashes")
 def curated_hashes(curated_dir: Path) -> dict[str, str]:
@@ -66,6 +68,36 @@ def log_training(
     return log_stage_run(
         tracking_uri, experiment, "retrain", logged, metrics, tags, [result.adapter_dir], series=series
     )
+
+
+@task(name="build-prompt-candidate", retries=2, retry_delay_seconds=[2, 5])
+def build_prompt_candidate(
+    tracking_uri: str, run_id: str, model: ModelParams, params: TrainParams, curated_dir: Path, home: Path
+) -> str | None:
+    """Prefect task: the few-shot prompt candidate, kept with the run as `prompt_candidate/system_prompt.txt`.
+
+    It is gated by the evaluate flow (`candidate=prompt`) and registered in the
+    prompt registry with its verdict, as a model candidate is.
+    """
+    from registry.runs import log_to_run
+    from tasks.curate.run import minilm_embed
+    from tasks.train.prompt_candidate import choose_examples, fewshot_system_prompt
+    from tasks.train.run import read_records
+
+    if params.prompt_examples == 0:
+        print("prompt_examples is 0: no prompt candidate")
+        return None
+    examples = choose_examples(
+        read_records(curated_dir / TRAIN_FILE),
+        minilm_embed(home / "cache" / "embeddings.sqlite"),
+        params.prompt_examples,
+    )
+    text = fewshot_system_prompt(model.system_prompt, examples)
+    log_to_run(
+        tracking_uri, run_id, {"prompt_candidate_examples": len(examples)}, {}, [], {PROMPT_CANDIDATE: text}
+    )
+    print(f"prompt candidate with {len(examples)} examples logged as {PROMPT_CANDIDATE}")
+    return text
 
 
 @task(name="publish-training-summary")

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 
 from flywheel.settings import Environment
@@ -60,3 +65,31 @@ def mlflow_uri(stack: Environment) -> Iterator[str]:
 
     configure_tracking(stack.tracking_uri, experiment="flywheel-tests")
     yield stack.tracking_uri
+
+
+@pytest.fixture(scope="module")
+def stub_url() -> Iterator[str]:
+    """The instant OpenAI-compatible stub, as its own process on loopback."""
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parents[2] / "bench" / "stub_openai.py"),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                httpx.post(f"{url}/v1/chat/completions", json={"messages": []}, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        yield f"{url}/v1"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

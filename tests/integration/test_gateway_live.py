@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,32 +29,8 @@ from flywheel.stack.services import embedded_services
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 MODEL = "flywheel-live-test"
 POLL_S = 1.0
-
-
-@pytest.fixture(scope="module")
-def stub_url() -> Iterator[str]:
-    """The instant OpenAI-compatible stub, as its own process on loopback."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "stub_openai.py"), "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                httpx.post(f"{url}/v1/chat/completions", json={"messages": []}, timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield f"{url}/v1"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")

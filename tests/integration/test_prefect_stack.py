@@ -216,3 +216,11 @@ def test_retrain_then_evaluate_register_a_candidate_with_its_verdict(
     if version.tags["flywheel.gate"] == "failed":
         assert version.tags["flywheel.gate_failed_rules"], "a failed candidate names its failed rules"
         assert not version.aliases, "a failed candidate gets no alias"
+    else:
+        # a passing one carries its regression-suite scores: the nightly run's reference
+        for key in (
+            "flywheel.score.regression.rougeL",
+            "flywheel.score.regression.fact_hit",
+            "flywheel.score.safety",
+        ):
+            assert key in version.tags, f"the passed candidate lacks {key}: {version.tags}"

@@ -205,6 +205,27 @@ def test_eval_file_holds_the_held_out_questions(demo_300: tuple[Path, DemoManife
     )
 
 
+def test_regression_file_asks_every_fact_once_in_its_training_phrasing(
+    demo_300: tuple[Path, DemoManifest],
+) -> None:
+    # given the written regression suite and the split of questions
+    out, manifest = demo_300
+    lines = (out / "regression.jsonl").read_text().splitlines()
+    cases = [EvalCase.model_validate_json(line) for line in lines]
+    train, held_out = split_questions(load_knowledge(), manifest.eval_paraphrases)
+    # then every fact is asked once, in a phrasing from the training pool, never a held-out one
+    assert sorted(c.fact_id for c in cases) == sorted(f.id for f in load_knowledge()), "one case per fact"
+    assert {c.question for c in cases} <= {q.text for q in train}, (
+        "regression questions are training questions"
+    )
+    assert not {c.question for c in cases} & {q.text for q in held_out}, "no held-out question is replayed"
+    suites = {(c.suite, c.version) for c in cases}
+    assert suites == {("quillbox-support-regression", manifest.knowledge_version)}, (
+        "every case carries the regression suite's id and the knowledge version"
+    )
+    assert manifest.files["regression"].lines == len(cases), "the manifest digests the regression file"
+
+
 def test_history_never_contains_an_eval_question(demo_300: tuple[Path, DemoManifest]) -> None:
     # given the eval questions (normalised) and every line of the log
     out, _ = demo_300

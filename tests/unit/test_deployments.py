@@ -21,6 +21,10 @@ def test_prefect_yaml_declares_the_same_deployments() -> None:
         crons = [s["cron"] for s in entry.get("schedules") or []]
         expected = [spec.schedule(params)] if spec.schedule(params) else []
         assert crons == expected, f"{spec.full_name}: prefect.yaml schedules {crons} != params {expected}"
+        assert entry.get("concurrency_limit") == spec.concurrency_limit, (
+            f"{spec.full_name}: prefect.yaml concurrency_limit {entry.get('concurrency_limit')} "
+            f"!= {spec.concurrency_limit}"
+        )
     assert len(declared) == len(DEPLOYMENTS), (
         "prefect.yaml and flows/deployments.py list different deployments"
     )

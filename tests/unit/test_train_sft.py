@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from flywheel.settings import TrainParams
-from tasks.train.data import IGNORE_INDEX, collate, tokenize_record
+from tasks.train.data import IGNORE_INDEX, as_served, collate, tokenize_record
 from tasks.train.sft import (
     CheckpointMismatchError,
     StepInfo,
@@ -113,6 +113,35 @@ def test_truncation_keeps_the_answer_and_the_end_of_the_prompt() -> None:
     assert example.truncated, "the record should be flagged as truncated"
     assert taught == "Yes.<|im_end|>", f"answer lost in truncation: {taught!r}"
     assert "What is code 1?" in tokenizer.decode(example.input_ids), "the question must survive truncation"
+
+
+@pytest.mark.parametrize(
+    ("messages", "expected_system"),
+    [
+        ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "served"),
+        (
+            [
+                {"role": "system", "content": "client's own"},
+                {"role": "user", "content": "Q"},
+                {"role": "assistant", "content": "A"},
+            ],
+            "client's own",
+        ),
+    ],
+)
+def test_records_are_trained_under_the_system_prompt_they_are_served_with(
+    messages: list[dict[str, str]], expected_system: str
+) -> None:
+    # Given a record as the request log keeps it (the gateway adds its system prompt only when absent)
+    record = {"id": "r1", "messages": messages}
+    # When it is prepared for training
+    (served,) = as_served([record], "served")
+    # Then it has exactly one system turn, first, and the same one the gateway would use
+    systems = [m["content"] for m in served["messages"] if m["role"] == "system"]
+    assert systems == [expected_system], f"system turns {systems}, expected [{expected_system!r}]"
+    assert served["messages"][0]["role"] == "system", "the system turn must come first"
+    assert served["messages"][-1] == messages[-1], "the answer must be untouched"
+    assert record["messages"] is messages, "the input record must not be modified"
 
 
 def test_collate_pads_right_with_masked_labels() -> None:
