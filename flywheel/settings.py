@@ -166,7 +166,7 @@ class CurateParams(_Section):
     min_ascii_letter_share: float = Field(
         0.5, ge=0.0, le=1.0, description="language heuristic: share of Latin letters among letters"
     )
-    keep_unrated: bool = Field(True, description="keep answers nobody rated (rated -1 are always dropped)")
+    keep_unrated: bool = Field(False, description="keep answers nobody rated (rated -1 are always dropped)")
     protected_suites: tuple[str, ...] = Field(
         ("demo/eval.jsonl",),
         description="under the data dir: JSONL eval/regression suites whose questions never reach train",
@@ -491,7 +491,7 @@ class DemoParams(_Section):
 
     schedule: str | None = Field(None, description="Cron schedule of seed-demo; null = on demand.")
     seed: int = Field(42, description="Same seed, same bytes.")
-    n_records: int = Field(3000, ge=1, description="Historical request-log records to write.")
+    n_records: int = Field(6000, ge=1, description="Historical request-log records to write.")
     eval_paraphrases: int = Field(2, ge=1, le=4, description="Paraphrases per fact held out for evaluation.")
     history_days: int = Field(14, ge=1, description="Days of history the timestamps span.")
     simulated_user_noise: float = Field(

@@ -55,7 +55,8 @@ def fine_tune(
 
     train = as_served(read_records(curated_dir / TRAIN_FILE), model_params.system_prompt)
     validation = as_served(read_records(curated_dir / VALIDATION_FILE), model_params.system_prompt)
-    base = load_chat_model(model_params)
+    # LoRA trains in float32 whatever dtype serves: bf16 gradients on CPU are slow and lose the small updates.
+    base = load_chat_model(model_params.model_copy(update={"dtype": "float32"}))
     # a private copy: the cached base model keeps serving other callers untouched
     model = cast("PreTrainedModel", copy.deepcopy(base.model))  # a cached base is a plain model
     return train_lora(

@@ -224,3 +224,35 @@ def test_retrain_then_evaluate_register_a_candidate_with_its_verdict(
             "flywheel.score.safety",
         ):
             assert key in version.tags, f"the passed candidate lacks {key}: {version.tags}"
+
+
+def test_the_prompt_candidate_of_that_run_is_gated_and_registered_as_a_prompt_version(
+    stack: Environment, mlflow_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name(load_params().project.experiment)
+    assert experiment is not None
+    (run,) = client.search_runs(
+        [experiment.experiment_id], "tags.`flywheel.stage` = 'retrain'", max_results=1
+    )
+    # given the few-shot prompt candidate the retrain run logged beside its adapter
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "prompt_candidate")}
+    assert "prompt_candidate/system_prompt.txt" in logged, f"retrain logs its prompt candidate: {logged}"
+    # when the evaluate flow gates the prompt (a smoke run) through its deployment
+    result = _prefect(
+        stack, "deployment", "run", "evaluate/on-demand", "-p", f"candidate_run_id={run.info.run_id}",
+        "-p", "candidate=prompt", "-p", "max_items=4", "-p", "max_probes=2",
+        "--watch", "--watch-timeout", "500", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Completed" in result.stdout, f"evaluate failed:\n{result.stdout}"
+    # then its evaluation sits apart from the adapter's, and a prompt version carries the verdict
+    evaluated = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation-prompt")}
+    assert "evaluation-prompt/model_card.md" in evaluated, evaluated
+    found = list(client.search_prompt_versions(load_params().project.prompt_name))
+    versions = [v for v in found if v.tags.get("flywheel.run_id") == run.info.run_id]
+    assert len(versions) == 1, f"one prompt version from run {run.info.run_id}: {found}"
+    (version,) = versions
+    assert version.tags["flywheel.gate"] in {"passed", "failed"}, version.tags
+    assert "Answers to common questions" in version.template, f"the few-shot template: {version.template}"

@@ -99,7 +99,12 @@ def test_planted_near_duplicates_join_their_original(demo: dict) -> None:
     curated: Curated = demo["curated"]
     dedup = next(step for step in curated.funnel.steps if step.step == "dedup")
     removed = set(dedup.dropped.get("near_duplicate", [])) | set(dedup.dropped.get("exact_duplicate", []))
-    kept = set(curated.frame["request_id"])
+    steps = [step.step for step in curated.funnel.steps]
+    after_dedup = curated.funnel.steps[steps.index("dedup") + 1 :]
+    # kept as its cluster's best-rated member: in the output, or dropped by a later step (e.g. unrated)
+    kept = set(curated.frame["request_id"]) | {
+        request_id for step in after_dedup for ids in step.dropped.values() for request_id in ids
+    }
     variants = [p for p in demo["planted"] if p.kind == "near_duplicate"]
     # a variant leaves as a duplicate, or is kept as its cluster's best-rated member
     accounted = [p for p in variants if p.request_id in removed or p.request_id in kept]
