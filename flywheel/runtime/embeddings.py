@@ -120,9 +120,7 @@ class EmbeddingCache:
         self._db.close()
 
 
-def minilm_embed(
-    cache: Path | None = None, *, preload: bool = False
-) -> Callable[[list[str]], np.ndarray]:
+def minilm_embed(cache: Path | None = None, *, preload: bool = False) -> Callable[[list[str]], np.ndarray]:
     """MiniLM (the bundled all-MiniLM-L6-v2) as an embedding function, cached on disk at `cache`.
 
     The model loads on the first text the cache does not hold, so a run over

@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import pandas as pd
@@ -226,20 +226,22 @@ def compute_drift(
     none = np.zeros(0, dtype=np.int64)
     base_apps = _indices(baseline, ["application"])
     base_versions = _indices(baseline, ["application", "model_version"])
-    for app, rows in _indices(current, ["application"]).items():
-        base_rows = base_apps.get(app, none)
+    for app_key, rows in _indices(current, ["application"]).items():
+        app = str(app_key)
+        base_rows = base_apps.get(app_key, none)
         groups.append(
             _group("application", app, cur.take(rows), base.take(base_rows), app, vectors, params)[0]
         )
-    for (app, version), rows in _indices(current, ["application", "model_version"]).items():
-        key = f"{app}/{version or '(unversioned)'}"
-        same = base_versions.get((app, version), none)
+    for pair, rows in _indices(current, ["application", "model_version"]).items():
+        app_key, version = cast("tuple[object, object]", pair)  # groupby on two keys: (app, version)
+        key = f"{app_key}/{version or '(unversioned)'}"
+        same = base_versions.get(pair, none)
         if len(same) >= params.min_requests:
             base_rows, scope = same, "same version"
         else:
-            base_rows, scope = base_apps.get(app, none), f"all of {app}"
-        group = _group("model_version", key, cur.take(rows), base.take(base_rows), scope, vectors, params)
-        groups.append(group[0])
+            base_rows, scope = base_apps.get(app_key, none), f"all of {app_key}"
+        drift, _ = _group("model_version", key, cur.take(rows), base.take(base_rows), scope, vectors, params)
+        groups.append(drift)
     return DriftResult(tuple(groups), scan.topics, _project(sample, scan.topics))
 
 
@@ -264,7 +266,7 @@ def _embed_windows(
     if vectors.shape[0] != len(texts):
         raise ValueError(f"embed returned {vectors.shape[0]} vectors for {len(texts)} texts")
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    vectors = vectors / np.where(norms > 0, norms, 1.0)  # cheap insurance: cosine = dot product below
+    vectors = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)  # cosine = dot product below
     cur_codes = distinct.get_indexer(cur_cat.categories)[cur_cat.codes.to_numpy()]
     base_codes = distinct.get_indexer(base_cat.categories)[base_cat.codes.to_numpy()]
     return texts, vectors, cur_codes.astype(np.int64), base_codes.astype(np.int64)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -222,7 +222,7 @@ def _read_chunks(result: sa.CursorResult[Any]) -> Iterable[pd.DataFrame]:
         yield chunk
 
 
-def _assemble(parts: list[pd.DataFrame], rated: list[Any]) -> pd.DataFrame:
+def _assemble(parts: list[pd.DataFrame], rated: Sequence[Any]) -> pd.DataFrame:
     if not parts:
         return empty_frame()
     data = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

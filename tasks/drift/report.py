@@ -130,10 +130,11 @@ def _scatter(result: DriftResult) -> str | None:
         return None
     figure = Figure(figsize=(7, 6), layout="constrained")
     axis = figure.subplots()
-    axis.scatter(*projection.baseline.T, s=6, alpha=0.4, label="baseline")
-    axis.scatter(*projection.current.T, s=6, alpha=0.4, label="current")
+    axis.scatter(projection.baseline[:, 0], projection.baseline[:, 1], s=6, alpha=0.4, label="baseline")
+    axis.scatter(projection.current[:, 0], projection.current[:, 1], s=6, alpha=0.4, label="current")
     if len(projection.topics):
-        axis.scatter(*projection.topics.T, s=120, marker="X", color="black", label="new-topic centroid")
+        topics = projection.topics
+        axis.scatter(topics[:, 0], topics[:, 1], s=120, marker="X", color="black", label="new-topic centroid")
     axis.set_title("user messages, sampled embeddings (PCA)")
     axis.legend()
     return _png(figure)
