@@ -89,6 +89,14 @@ DEPLOYMENTS: tuple[DeploymentSpec, ...] = (
         description="Gate a retrain run's candidate against the champion; register it with the verdict.",
     ),
     DeploymentSpec(
+        flow_name="flywheel",
+        name="nightly",
+        entrypoint="flows.flywheel:flywheel",
+        params_section="flywheel",
+        description="One turn: harvest, curate, retrain, gate; a passing candidate awaits approval.",
+        concurrency_limit=1,  # a turn can run for longer than an hour on 2 cores; never two at once
+    ),
+    DeploymentSpec(
         flow_name="drift",
         name="hourly",
         entrypoint="flows.drift:drift",

@@ -414,6 +414,19 @@ class RegressionParams(_Section):
     )
 
 
+class FlywheelParams(_Section):
+    """The nightly parent flow: harvest -> curate -> retrain -> gate, one turn."""
+
+    schedule: str | None = Field("0 1 * * *", description="cron (UTC) of the nightly turn")
+    _cron = field_validator("schedule")(_check_cron)
+    min_new_records: int = Field(
+        100, ge=0, description="new raw records since the last completed turn below which it ends early"
+    )
+    candidates: tuple[Literal["adapter", "prompt"], ...] = Field(
+        ("adapter", "prompt"), min_length=1, description="what each turn gates: the LoRA adapter, the prompt"
+    )
+
+
 class BackendParams(_Section):
     """One model backend the gateway can call. URLs and keys are named by variable, never written here."""
 
@@ -513,6 +526,7 @@ class Params(_Section):
     promote: PromoteParams = PromoteParams()
     drift: DriftParams = DriftParams()
     regression: RegressionParams = RegressionParams()
+    flywheel: FlywheelParams = FlywheelParams()
     gateway: GatewayParams = GatewayParams()
     demo: DemoParams = DemoParams()
 

@@ -256,3 +256,36 @@ def test_the_prompt_candidate_of_that_run_is_gated_and_registered_as_a_prompt_ve
     (version,) = versions
     assert version.tags["flywheel.gate"] in {"passed", "failed"}, version.tags
     assert "Answers to common questions" in version.template, f"the few-shot template: {version.template}"
+
+
+def test_a_flywheel_turn_chains_the_stages_and_a_turn_without_new_data_ends_early(
+    stack: Environment, mlflow_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    # when the nightly turn runs (small retrain and gate) over the data the earlier tests harvested
+    result = _prefect(
+        stack, "deployment", "run", "flywheel/nightly", "-p", "max_steps=2", "-p", "max_items=4",
+        "-p", "max_probes=2", "--watch", "--watch-timeout", "900", timeout=1000,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Completed" in result.stdout, f"the turn failed:\n{result.stdout}"
+    # then it recorded the turn, and its retrain run's candidates were gated and registered
+    state_file = stack.home / "flywheel" / "last_turn.json"
+    state = json.loads(state_file.read_text())
+    run_id = state["retrain_run_id"]
+    client = MlflowClient(mlflow_uri)
+    name = load_params().project.registered_model
+    models = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run_id]
+    assert len(models) == 1, f"the turn's adapter is one version of {name}: {[v.run_id for v in models]}"
+    prompts = list(client.search_prompt_versions(load_params().project.prompt_name))
+    assert [v for v in prompts if v.tags.get("flywheel.run_id") == run_id], "the turn's prompt is gated too"
+
+    # when the next turn finds no new data
+    again = _prefect(stack, "deployment", "run", "flywheel/nightly", "--watch", "--watch-timeout", "300")
+    # then it ends early as a success, says why, and leaves the last turn's record alone
+    assert again.returncode == 0 and "Completed" in again.stdout, f"the early end failed:\n{again.stdout}"
+    flow_run = re.search(r"/runs/flow-run/([0-9a-f-]{36})", again.stdout)
+    assert flow_run, f"no flow run id in:\n{again.stdout}"
+    logs = _prefect(stack, "flow-run", "logs", flow_run.group(1))
+    assert "nothing to learn" in logs.stdout, f"the turn should say why it ended:\n{logs.stdout[-2000:]}"
+    assert json.loads(state_file.read_text()) == state, "an early end records no new turn"
