@@ -93,3 +93,15 @@ def stub_url() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def own_mlflow() -> Iterator[None]:
+    """For a module that starts its own MLflow: drop the tracking URI an earlier module left behind.
+
+    `mlflow.set_tracking_uri` also exports MLFLOW_TRACKING_URI, which `Environment()` and
+    every child process (the gateway) would otherwise take for their own.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        yield

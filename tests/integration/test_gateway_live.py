@@ -34,7 +34,7 @@ POLL_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def live_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Environment]:
+def live_env(tmp_path_factory: pytest.TempPathFactory, own_mlflow: None) -> Iterator[Environment]:
     """A private home, ports and params for a gateway on the stub (dead backend first, cache off)."""
     root = tmp_path_factory.mktemp("gateway-live")
     params = yaml.safe_load(DEFAULT_PARAMS_PATH.read_text())

@@ -47,7 +47,7 @@ POLL_S = 1.0
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, stub_url: str) -> Iterator[Environment]:
+def live(tmp_path_factory: pytest.TempPathFactory, stub_url: str, own_mlflow: None) -> Iterator[Environment]:
     """MLflow and a gateway on the stub (cache off, 1 s registry poll), really running; stopped after."""
     import mlflow
 
