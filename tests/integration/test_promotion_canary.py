@@ -364,6 +364,31 @@ def test_bad_challenger_with_20_percent_errors_is_aborted_at_the_first_step(
     )
 
 
+def test_an_abort_under_load_returns_every_user_to_the_champion_with_no_failed_request(
+    live: Environment, tmp_path: Path
+) -> None:
+    # given v1 champion and v2 in its canary at 25%, both served through the gateway under load
+    v1 = _register(MODEL, tmp_path)
+    registry.set_alias(MODEL, "champion", v1)
+    v2 = _register(MODEL, tmp_path, candidate=True)
+    subject = Subject("model", MODEL)
+    registry.set_canary_weight(subject, v2, 0.25)
+    _wait_for_champion(live.gateway_url, v1)
+    with Load(live.gateway_url) as load:
+        time.sleep(3 * POLL_S + 2)
+        # when the canary is aborted, as a failed analysis does it
+        registry.abort_canary(subject, v2, "test abort: error_rate 0.2 vs 0.0")
+        aborted_at = time.monotonic()
+        time.sleep(3 * POLL_S + 2)
+    # then nothing failed, v2 had users before the abort and none after it (one poll plus a read)
+    assert not load.failures, f"{len(load.failures)} requests failed: {load.failures[:3]}"
+    before = {v for sent, _, v in load.served if sent < aborted_at}
+    assert before == {v1, v2}, f"both versions served during the canary: {before}"
+    assert load.versions_after(aborted_at + POLL_S + 2.0) == {v1}, "only the champion after the abort"
+    with pytest.raises(registry.AliasNotFoundError):
+        registry.get_version_by_alias(MODEL, "challenger")
+
+
 @pytest.mark.parametrize(
     ("case", "code"),
     [
