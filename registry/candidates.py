@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from registry.models import TAG_PREFIX, ModelVersionInfo, register_model_version, set_alias
+from registry.models import ModelVersionInfo, _prefixed, register_model_version, set_alias
 from registry.promotion import PRODUCED_BY_TAG, current_identity
 from registry.prompts import PromptVersionInfo, register_prompt, set_prompt_alias
 
@@ -74,8 +74,7 @@ def register_prompt_candidate(
     passing prompt gets the `challenger` prompt alias.
     """
     raw = verdict_tags(passed, failed_rules, lineage, scores, produced_by)
-    tags = {(key if key.startswith(TAG_PREFIX) else TAG_PREFIX + key): value for key, value in raw.items()}
-    version = register_prompt(name, template, commit_message=commit_message, tags=tags)
+    version = register_prompt(name, template, commit_message=commit_message, tags=_prefixed(raw))
     if passed:
         set_prompt_alias(name, "challenger", version.version)
     return version
