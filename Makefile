@@ -33,8 +33,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 install: $(STAMP) ## Create .venv (if missing) and install the locked dependencies
 
-run: install ## Bring the embedded stack up and run the main job (the demo flywheel)
-	$(VENV)/bin/flywheel demo
+# The demo approves its own challenger (printed loudly); `make run RUN_ARGS=` stops at the review instead.
+RUN_ARGS ?= --auto-approve
+run: install ## The main job: stack up, one whole flywheel turn, canary, report (`flywheel demo --help`)
+	$(VENV)/bin/flywheel demo $(RUN_ARGS)
 
 up: install ## Start Prefect, MLflow, the deployment runner and the gateway (embedded default)
 	$(VENV)/bin/flywheel up

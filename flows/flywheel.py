@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
 from flows.curate import curate
@@ -18,10 +20,12 @@ def flywheel(
     max_steps: int | None = None,
     max_items: int | None = None,
     max_probes: int | None = None,
+    candidates: list[Literal["adapter", "prompt"]] | None = None,
 ) -> dict[str, object]:
     """One turn; each stage is a subflow with its own state in the Prefect UI.
 
-    `max_steps`, `max_items` and `max_probes` shrink retraining and the gate for a smoke run.
+    `max_steps`, `max_items` and `max_probes` shrink retraining and the gate for a smoke run;
+    `candidates` overrides `flywheel.candidates`.
     A failed stage fails the turn; re-running it resumes: harvest goes on from its watermark,
     curation is deterministic, retraining finds its checkpoints (or its finished result) and a
     candidate already registered is not gated again.
@@ -35,7 +39,7 @@ def flywheel(
     5. record the turn and publish its summary
     """
     params = load_params()
-    settings = override(params.flywheel, min_new_records=min_new_records)
+    settings = override(params.flywheel, min_new_records=min_new_records, candidates=candidates)
     env = Environment()
     state_dir = env.home / "flywheel"
     harvested = harvest()

@@ -16,9 +16,15 @@ from tasks.promote.tasks import canary, read_aliases, review
 
 @flow(name="promote", log_prints=True)
 def promote(
-    kind: Literal["model", "prompt"] = "model", analysis_window_seconds: float | None = None
+    kind: Literal["model", "prompt"] = "model",
+    analysis_window_seconds: float | None = None,
+    canary_steps: list[int] | None = None,
+    min_requests_per_arm: int | None = None,
+    min_feedback_per_arm: int | None = None,
 ) -> dict[str, object]:
     """Pick up an approved challenger and run its canary (5% -> 25% -> 100% by default).
+
+    The other parameters override the `promote` section for this run (the demo's short canary).
 
     1. read params (`promote`, `project`) and where things run (MLflow, request log, audit log)
     2. read champion / challenger / previous of the model (or the prompt)
@@ -28,7 +34,13 @@ def promote(
        abort; abort -> weight 0 and no challenger; success -> champion, old champion -> previous
     """
     params = load_params()
-    settings = override(params.promote, analysis_window_seconds=analysis_window_seconds)
+    settings = override(
+        params.promote,
+        analysis_window_seconds=analysis_window_seconds,
+        canary_steps=tuple(canary_steps) if canary_steps else None,
+        min_requests_per_arm=min_requests_per_arm,
+        min_feedback_per_arm=min_feedback_per_arm,
+    )
     env = Environment()
     name = params.project.registered_model if kind == "model" else params.project.prompt_name
     subject, who, audit_path = Subject(kind, name), current_identity(), default_audit_path(env.home)

@@ -2,8 +2,10 @@
 
 flywheel up | down | status [--json]     the embedded stack
 flywheel run FLOW [-p key=value]...      run a flow's deployment, as the Prefect UI would
-flywheel demo                            the main job: stack up, then the demo flywheel
+flywheel demo [--auto-approve]           the main job: one whole turn of the loop, with a report
 flywheel simulate -n N -c C              live demo traffic through the gateway, with feedback
+flywheel approve [--reject]              review the challenger (as in the MLflow UI)
+flywheel rollback                        put the previous champion back
 flywheel config [--schema]               validate and show params.yaml
 """
 
@@ -13,6 +15,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -56,7 +59,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def _say(message: str) -> None:
-    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}", highlight=False)
+    console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _environment() -> Environment:
@@ -224,6 +227,59 @@ def rollback(
     _say(f"{subject}: v{restored} is champion again; the gateway follows within one poll")
 
 
+@app.command("approve")
+def approve(
+    kind: Annotated[str, typer.Option(help="What to review: model or prompt.")] = "model",
+    version: Annotated[
+        str | None, typer.Option(help="The version you reviewed (must be the challenger; default: it).")
+    ] = None,
+    reviewer: Annotated[
+        str | None,
+        typer.Option(envvar="FLYWHEEL_REVIEWER", help="Your name for the audit trail (default: user@host)."),
+    ] = None,
+    reject: Annotated[bool, typer.Option("--reject", help="Reject the challenger instead.")] = False,
+    note: Annotated[str, typer.Option(help="Why, for the audit log.")] = "",
+) -> None:
+    """Approve (or --reject) the challenger, as a reviewer does in the MLflow UI by setting its tags.
+
+    Sets `flywheel.approval=approved|rejected` and `flywheel.approved_by` on the challenger
+    version and audits the decision. The next `promote` run starts the canary of an approved
+    challenger; it refuses an approval by the identity that produced the candidate.
+    """
+    _review(_environment(), _params_or_exit(), kind, version, reviewer, approved=not reject, note=note)
+
+
+def _review(
+    env: Environment, params: Params, kind: str, version: str | None, reviewer: str | None,
+    *, approved: bool, note: str,
+) -> str:  # fmt: skip
+    """Record a reviewer's decision on the challenger of a model or prompt; returns its version."""
+    if kind not in ("model", "prompt"):
+        raise _fail(f"--kind must be model or prompt, not {kind!r}", code=2)
+    from registry import RegistryError, Subject, configure_tracking, current_identity, read_aliases
+    from registry import record_review as set_review
+    from tasks.promote.audit import default_audit_path
+    from tasks.promote.review import ReviewError, record_reviewer_decision
+    from tasks.promote.tasks import registry_audit
+
+    name = params.project.registered_model if kind == "model" else params.project.prompt_name
+    subject = Subject(kind, name)  # type: ignore[arg-type]  # checked above
+    who = reviewer or current_identity()
+    configure_tracking(env.tracking_uri)
+    try:
+        done = record_reviewer_decision(
+            read_aliases(subject), version, approved, who,
+            registry_audit(default_audit_path(env.home), who, subject),
+            lambda v, ok, by: set_review(subject, v, ok, by), note,
+        )  # fmt: skip
+    except ReviewError as error:
+        raise _fail(f"{subject}: {error}") from None
+    except RegistryError as error:
+        raise _fail(f"could not record the review in MLflow ({env.tracking_uri}): {error}") from None
+    _say(f"{subject}: v{done} {'approved' if approved else 'rejected'} by {who}")
+    return done
+
+
 def _run_deployment(
     env: Environment, full_name: str, parameters: dict[str, Any], wait: bool, timeout: float | None
 ) -> State:
@@ -255,64 +311,58 @@ def _run_deployment(
 @demo_app.callback()
 def demo(
     ctx: typer.Context,
-    requests: Annotated[int, typer.Option(help="Live requests to send through the gateway.")] = 24,
+    auto_approve: Annotated[
+        bool,
+        typer.Option(
+            "--auto-approve",
+            help="Approve the challenger as the demo's reviewer and run its canary. Without it the demo "
+            "stops at the review and says how to approve in the MLflow UI.",
+        ),
+    ] = False,
 ) -> None:
-    """The main job on the embedded stack: bring it up, seed the demo workload, serve live traffic, report.
+    """The main job: one whole turn of the loop on the embedded stack, with a report.
 
-    Later stages (harvest, curate, retrain, gate, canary) join this job as they land.
+    Stack up -> seed the demo workload -> harvest the history -> live traffic -> the nightly
+    turn (harvest, curate, retrain, gate) -> review -> canary under simulated traffic ->
+    report. Each stage runs through its Prefect deployment (watch it in the Prefect UI);
+    sizes come from the `demo` section of params.yaml. The stack keeps running afterwards
+    (`flywheel down` stops it).
     """
     if ctx.invoked_subcommand is not None:
         return
+    from flywheel.demo.main_job import MainJob, MainJobError, run_main_job
+    from flywheel.runtime.prefect_runs import use_api
+
     env = _environment()
     params = _params_or_exit()
-    started = time.monotonic()
-    timings: dict[str, float] = {}
+    use_api(env.api_url)
 
-    t0 = time.monotonic()
-    _say("[bold]1/3[/] starting the embedded stack (Prefect, MLflow, deployment runner, gateway)")
-    try:
-        launcher.up(env, embedded_services(env), on_event=_say)
-    except (PortInUseError, launcher.ServiceStartError) as error:
-        raise _fail(str(error)) from None
-    timings["stack up"] = time.monotonic() - t0
+    def bring_up() -> None:
+        try:
+            launcher.up(env, embedded_services(env), on_event=_say)
+        except (PortInUseError, launcher.ServiceStartError) as error:
+            raise _fail(str(error)) from None
 
-    t0 = time.monotonic()
-    _say("[bold]2/3[/] seed-demo: writing the demo workload through its Prefect deployment")
-    state = _run_deployment(env, "seed-demo/on-demand", {}, wait=True, timeout=None)
-    timings["seed-demo"] = time.monotonic() - t0
-    if not state.is_completed():
-        raise _fail("seed-demo did not complete; see the flow run in the Prefect UI")
-
-    t0 = time.monotonic()
-    _say(f"[bold]3/3[/] live traffic: {requests} simulated customer requests through the gateway")
-    summary = _simulate(env, params, requests=requests, concurrency=2)
-    timings["live traffic"] = time.monotonic() - t0
-
-    _print_demo_report(env, params, timings, time.monotonic() - started)
-    for line in summary.lines():
-        console.print(f"  {line}", highlight=False)
-
-
-def _print_demo_report(env: Environment, params: Params, timings: dict[str, float], total: float) -> None:
-    from flywheel.demo import read_manifest
-
-    manifest = read_manifest(env.data_dir / "demo")
-    table = Table(title="Demo workload", title_justify="left")
-    table.add_column("records")
-    table.add_column("count", justify="right")
-    for kind, count in manifest.counts.items():
-        table.add_row(kind, str(count))
-    console.print(table)
-    for stage, seconds in timings.items():
-        console.print(f"  {stage:<12} {seconds:6.1f}s")
-    console.print(f"  {'total':<12} {total:6.1f}s")
-    console.print(
-        f"\nPrefect UI: {env.api_url.removesuffix('/api')}  (deployments: /deployments)\n"
-        f"MLflow UI:  {env.tracking_uri}\n"
-        f"Gateway:    {env.gateway_url}/v1 (any OpenAI client; /healthz, /metrics)\n"
-        f"Data:       {env.data_dir}\n"
-        "Stop the stack with `flywheel down` (or `make down`)."
+    job = MainJob(
+        env,
+        params,
+        _say,
+        simulate=lambda **kw: _simulate(env, params, **kw),
+        review=lambda version, reviewer: _review(
+            env, params, "model", version, reviewer, approved=True, note="the demo's --auto-approve"
+        ),
+        auto_approve=auto_approve,
     )
+    try:
+        promoted = run_main_job(job, bring_up)
+    except MainJobError as error:
+        raise _fail(str(error)) from None
+    if promoted:
+        _say("[bold green]done: a better model is champion[/]; stop the stack with `flywheel down`")
+    elif not auto_approve and job.report.version is not None:
+        _say("[bold]stopped at the review[/] (no --auto-approve); see above how to approve")
+    else:
+        raise _fail("the loop did not promote a new champion; see the report above")
 
 
 @demo_app.command("seed")
@@ -385,8 +435,13 @@ def _simulate(
     seed: int | None = None,
     url: str | None = None,
     api_key: str | None = None,
+    stop: Callable[[], bool] | None = None,
+    progress_every: int | None = None,
 ) -> Any:
-    """Run the traffic simulator against the gateway with progress lines; return its summary."""
+    """Run the traffic simulator against the gateway with progress lines; return its summary.
+
+    With `stop`, `requests` is a cap and traffic ends once `stop()` is true.
+    """
     import asyncio
 
     from flywheel.demo.simulated_user import SimulatedUser
@@ -395,12 +450,13 @@ def _simulate(
 
     key = api_key or _first_gateway_key(env) or "no-key"
     base = url or env.gateway_url
-    _say(f"simulating {requests} requests, concurrency {concurrency}, {users} users -> {base}")
-    step = max(1, requests // 10)
+    what = "requests" if stop is None else "requests at most, until told to stop"
+    _say(f"simulating {requests} {what}, concurrency {concurrency}, {users} users -> {base}")
+    step = progress_every or max(1, requests // 10)
 
     def progress(done: int, total: int) -> None:
-        if done % step == 0 or done == total:
-            _say(f"  {done}/{total} requests")
+        if done % step == 0 or (done == total and stop is None):
+            _say(f"  {done}/{total} requests" if stop is None else f"  {done} requests sent")
 
     return asyncio.run(
         run_simulation(
@@ -416,6 +472,7 @@ def _simulate(
             max_tokens=max_tokens,
             seed=params.demo.seed if seed is None else seed,
             on_progress=progress,
+            stop=stop,
         )
     )
 

@@ -9,9 +9,12 @@ stage runs and says that nothing was versioned.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +43,22 @@ def find_repo(path: Path) -> Path | None:
     return None
 
 
-def _open(root: Path) -> Any:
+_CWD_LOCK = threading.Lock()
+
+
+@contextmanager
+def _open(root: Path) -> Iterator[Any]:
+    """The DVC repo at `root`, with the process's cwd in it while it is open.
+
+    DVC resolves stage and output paths against the cwd, and a flow run's cwd is wherever
+    its runner started (not necessarily this repo): without the chdir, `dvc commit` reads
+    the wrong dvc.yaml. The lock keeps two threads from moving the cwd under each other.
+    """
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     from dvc.repo import Repo
 
-    return Repo(str(root))
+    with _CWD_LOCK, contextlib.chdir(root), Repo(str(root)) as repo:
+        yield repo
 
 
 def _relative(root: Path, paths: Sequence[Path]) -> list[str]:

@@ -62,6 +62,13 @@ def _cron_value(token: str, low: int, high: int) -> bool:
     return number is not None and low <= number <= high
 
 
+def _check_canary_steps(steps: tuple[int, ...]) -> tuple[int, ...]:
+    """Canary weights: strictly increasing percentages in (0, 100], the last one 100."""
+    if not steps or list(steps) != sorted(set(steps)) or steps[-1] != 100 or steps[0] <= 0:
+        raise ValueError("must be strictly increasing percentages in (0, 100] ending at 100")
+    return steps
+
+
 def _check_cron(value: str | None) -> str | None:
     """Accept a standard 5-field cron expression (or @daily-style alias), as Prefect does."""
     if value is None or value.strip() in _CRON_ALIASES:
@@ -320,12 +327,7 @@ class PromoteParams(_Section):
 
     _cron = field_validator("schedule")(_check_cron)
 
-    @field_validator("canary_steps")
-    @classmethod
-    def _increasing_percentages(cls, steps: tuple[int, ...]) -> tuple[int, ...]:
-        if not steps or list(steps) != sorted(set(steps)) or steps[-1] != 100 or steps[0] <= 0:
-            raise ValueError("must be strictly increasing percentages in (0, 100] ending at 100")
-        return steps
+    _steps = field_validator("canary_steps")(_check_canary_steps)
 
 
 class DriftParams(_Section):
@@ -510,8 +512,30 @@ class DemoParams(_Section):
     simulated_user_noise: float = Field(
         0.1, ge=0.0, le=1.0, description="Std-dev of noise the simulated user adds to its rating."
     )
+    live_requests: int = Field(24, ge=1, description="`make run`: live requests before the turn.")
+    turn_max_steps: int | None = Field(
+        None, ge=1, description="`make run`: retrain steps of the demo turn; null = train.max_steps."
+    )
+    turn_max_items: int | None = Field(
+        None, ge=1, description="`make run`: eval items per gate (the first N); null = the whole suite."
+    )
+    turn_candidates: list[Literal["adapter", "prompt"]] | None = Field(
+        None, description="`make run`: what the demo turn gates; null = flywheel.candidates."
+    )
+    canary_steps: tuple[int, ...] = Field(
+        (50, 100), description="`make run`: the demo canary's steps (% of users on the challenger)."
+    )
+    canary_window_seconds: float = Field(60.0, gt=0, description="`make run`: seconds per canary analysis.")
+    canary_min_requests_per_arm: int = Field(
+        12, ge=1, description="`make run`: requests per arm before a canary window is judged."
+    )
+    canary_min_feedback_per_arm: int = Field(
+        6, ge=1, description="`make run`: rated requests per arm before feedback is judged."
+    )
+    canary_concurrency: int = Field(2, ge=1, description="`make run`: simulated requests in flight.")
 
     _cron = field_validator("schedule")(_check_cron)
+    _steps = field_validator("canary_steps")(_check_canary_steps)
 
 
 class Params(_Section):

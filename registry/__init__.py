@@ -5,7 +5,7 @@ Aliases, never stages: `champion`, `challenger`, `previous`. Tags prefixed
 """
 
 from registry.artifacts import download_artifacts
-from registry.candidates import APPROVAL_TAG, GATE_TAG, register_candidate
+from registry.candidates import APPROVAL_TAG, GATE_TAG, record_review, register_candidate
 from registry.errors import AliasNotFoundError, RegistryError, RegistryUnavailableError
 from registry.models import (
     ALIASES,
@@ -78,6 +78,7 @@ __all__ = [
     "promote_challenger",
     "read_aliases",
     "read_routing",
+    "record_review",
     "register_candidate",
     "register_model_version",
     "register_prompt",

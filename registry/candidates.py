@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from registry.models import ModelVersionInfo, _prefixed, register_model_version, set_alias
-from registry.promotion import PRODUCED_BY_TAG, current_identity
+from registry.promotion import APPROVED_BY_TAG, PRODUCED_BY_TAG, Subject, current_identity, set_tags
 from registry.prompts import PromptVersionInfo, register_prompt, set_prompt_alias
 
 APPROVAL_TAG = "flywheel.approval"
@@ -78,3 +78,15 @@ def register_prompt_candidate(
     if passed:
         set_prompt_alias(name, "challenger", version.version)
     return version
+
+
+def record_review(subject: Subject, version: str, approved: bool, reviewer: str) -> None:
+    """A reviewer's decision on a challenger, as the MLflow UI would set it by hand.
+
+    `flywheel.approval=approved|rejected` and `flywheel.approved_by=<reviewer>`; the
+    promote flow reads them (and refuses an approver who produced the candidate).
+    """
+    if not reviewer.strip():
+        raise ValueError("a review needs the reviewer's name (the audit trail records it)")
+    decision = "approved" if approved else "rejected"
+    set_tags(subject, version, {APPROVAL_TAG: decision, APPROVED_BY_TAG: reviewer.strip()})

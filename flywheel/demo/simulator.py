@@ -98,8 +98,13 @@ async def simulate(
     seed: int = 0,
     timeout_s: float = 120.0,
     on_progress: Callable[[int, int], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> SimulationSummary:
-    """Send `requests` chat requests with `concurrency` in flight; rate `feedback_rate` of the answers."""
+    """Send `requests` chat requests with `concurrency` in flight; rate `feedback_rate` of the answers.
+
+    With `stop`, traffic ends early once it returns True (checked before each request), so
+    `requests` is a cap: live traffic for as long as something else (a canary) runs.
+    """
     from openai import APIStatusError, AsyncOpenAI
 
     rng = np.random.default_rng(seed)
@@ -111,7 +116,7 @@ async def simulate(
         )
         for _ in range(requests)
     ]
-    summary = SimulationSummary(requests=requests)
+    summary = SimulationSummary(requests=0)
     client = AsyncOpenAI(
         base_url=base_url.rstrip("/") + "/v1", api_key=api_key, max_retries=0, timeout=timeout_s
     )
@@ -122,6 +127,9 @@ async def simulate(
     async def one(user_index: int, question: Question, rate_it: bool) -> None:
         nonlocal done
         async with semaphore:
+            if stop is not None and stop():
+                return
+            summary.requests += 1
             t0 = time.perf_counter()
             try:
                 raw = await client.chat.completions.with_raw_response.create(

@@ -145,7 +145,11 @@ def record(
         ("no LLM-judge metrics: no judge endpoint configured",),
     )  # fmt: skip
     metric = params.primary_metric
-    metrics = {**decision.metrics(), **(reference_scores or {})}
+    means = {
+        f"eval/{who}/{metric}": float(frame[metric].mean())
+        for who, frame in (("baseline", baseline.scores), ("candidate", candidate.scores))
+    }
+    metrics = {**decision.metrics(), **means, **(reference_scores or {})}
     with tempfile.TemporaryDirectory() as tmp:
         plots = [
             score_distribution_plot(candidate.scores, baseline.scores, metric, Path(tmp) / "scores.png"),

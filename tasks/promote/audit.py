@@ -24,6 +24,7 @@ AUDIT_LOG_ENV = "FLYWHEEL_AUDIT_LOG"
 
 Event = Literal[
     "approval_needed",
+    "reviewed",
     "approval_seen",
     "refused",
     "canary_started",

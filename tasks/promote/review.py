@@ -53,3 +53,39 @@ def review_challenger(
     if not earlier or earlier[-1].event != "refused" or earlier[-1].why != verdict.reason:
         audit.record("refused", subject, version, verdict.reason, {"code": verdict.code})
     return verdict
+
+
+class ReviewError(ValueError):
+    """A review that cannot be recorded: no challenger, or a version that is not it."""
+
+
+def record_reviewer_decision(
+    state: AliasState,
+    version: str | None,
+    approved: bool,
+    reviewer: str,
+    audit: AuditTrail,
+    record: Callable[[str, bool, str], None],
+    note: str = "",
+) -> str:
+    """Approve or reject the current challenger (`version`, if given, must be it); returns its version.
+
+    `record(version, approved, reviewer)` sets the registry tags a reviewer sets in the
+    MLflow UI; the decision is audited under the reviewer's name.
+    """
+    challenger = state.challenger
+    if challenger is None:
+        raise ReviewError("there is no challenger to review")
+    if version is not None and str(version) != challenger.version:
+        raise ReviewError(f"v{version} is not the challenger (v{challenger.version} is)")
+    record(challenger.version, approved, reviewer)
+    decision = "approved" if approved else "rejected"
+    audit.record(
+        "reviewed",
+        str(challenger.subject),
+        challenger.version,
+        f"{decision} by {reviewer}" + (f": {note}" if note else ""),
+        {"approved": approved},
+        who=reviewer,
+    )
+    return challenger.version

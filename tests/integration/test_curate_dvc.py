@@ -6,10 +6,7 @@ curated files must rebuild them with the same md5s.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,46 +17,17 @@ from tasks.curate.run import CurationPaths, minilm_embed, run_curation
 from tasks.demo.seed import write_workload
 from tasks.harvest import run_harvest
 from tasks.harvest.sources import FilesSource
+from tests.helpers.repo_copy import BIN, copy_repo
+from tests.helpers.repo_copy import run as _run
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-
-
-def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
 
 
 @pytest.fixture()
 def repo_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
     """This repo's files (tracked and new, not ignored) in a fresh git repo with a private DVC remote."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split("\n")
-    repo = tmp_path / "repo"
-    for rel in filter(None, listed):
-        source = ROOT / rel
-        if rel.startswith("data/") or not source.is_file():
-            continue
-        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, repo / rel)
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "DVC_NO_ANALYTICS": "1",
-        "FLYWHEEL_HOME": str(tmp_path / "home"),
-        "FLYWHEEL_DATA_DIR": str(repo / "data"),
-        "FLYWHEEL_PARAMS": str(repo / "params.yaml"),
-    }
-    for command in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"],
-        [str(BIN / "dvc"), "remote", "add", "-f", "-d", "local", str(tmp_path / "remote")],
-    ):
-        result = _run(command, repo, env)
-        assert result.returncode == 0, f"{command} failed: {result.stderr}"
+    repo, env = copy_repo(tmp_path)
     for key in ("FLYWHEEL_HOME", "FLYWHEEL_DATA_DIR", "FLYWHEEL_PARAMS", "DVC_NO_ANALYTICS"):
         monkeypatch.setenv(key, env[key])
     monkeypatch.chdir(repo)

@@ -35,7 +35,7 @@ from flywheel.stack.services import embedded_services
 from registry import CANARY_WEIGHT_TAG, Subject
 from tasks.promote.audit import AuditTrail
 from tasks.promote.canary import CanaryOutcome, CanaryPlan, RegistryPort, run_canary
-from tasks.promote.policy import Approved, Refusal
+from tasks.promote.policy import Approved, Refusal, check_approval
 from tasks.promote.review import review_challenger
 from tasks.promote.rollback import roll_back
 from tasks.promote.window import SqlWindowReader
@@ -603,3 +603,45 @@ def test_flywheel_rollback_without_a_previous_version_fails_clearly(
     assert result.exit_code == 1, f"expected a clean failure: {result.output}"
     assert "no `previous` version" in result.output, result.output
     assert registry.get_version_by_alias(name, "champion").version == "1", "the champion is untouched"
+
+
+def test_flywheel_approve_sets_the_reviewers_tags_and_audits_them(
+    live: Environment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from flywheel.cli import app
+
+    # given a gate-passed challenger waiting for a reviewer, under its own model name
+    name = f"approve-{uuid.uuid4().hex[:8]}"
+    version = _register(name, tmp_path, candidate=True)
+    params = yaml.safe_load(live.params_path.read_text())
+    params["project"]["registered_model"] = name
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for key, value in {
+        "FLYWHEEL_PARAMS": str(tmp_path / "params.yaml"),
+        "FLYWHEEL_HOME": str(tmp_path / "home"),
+        "FLYWHEEL_MLFLOW_PORT": str(live.mlflow_port),
+        "FLYWHEEL_WEBHOOK_URL": "",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    # when a reviewer names a version that is not the challenger, nothing changes
+    wrong = CliRunner().invoke(app, ["approve", "--version", "99", "--reviewer", "alice"])
+    assert wrong.exit_code == 1 and "v99 is not the challenger" in wrong.output, wrong.output
+    assert registry.get_version_by_alias(name, "challenger").tags["flywheel.approval"] == "pending"
+    # when alice approves it from the CLI
+    result = CliRunner().invoke(app, ["approve", "--reviewer", "alice", "--note", "read the card"])
+    assert result.exit_code == 0, f"flywheel approve failed: {result.output}"
+    # then the version carries the tags a reviewer sets in the MLflow UI, and promotion accepts them
+    challenger = registry.get_version_by_alias(name, "challenger")
+    assert challenger.version == version, challenger
+    assert challenger.tags["flywheel.approval"] == "approved", challenger.tags
+    assert challenger.tags["flywheel.approved_by"] == "alice", challenger.tags
+    state = registry.read_aliases(Subject("model", name))
+    assert state.challenger is not None
+    verdict = check_approval(state.challenger, state.champion, PromoteParams())
+    assert isinstance(verdict, Approved) and verdict.approved_by == "alice", verdict
+    # and the audit log has alice's decision with her note
+    audit = (tmp_path / "home" / "audit" / "promotion.jsonl").read_text().splitlines()
+    assert any('"reviewed"' in line and "approved by alice: read the card" in line for line in audit), audit
