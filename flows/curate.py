@@ -25,7 +25,8 @@ def curate(format: ChatFormat | None = None, keep_unrated: bool | None = None) -
 
     1. read params (`curate` section; flow parameters override it) and where things run
     2. load the raw partitions and validate them (GX raw suite): a failure stops the flow here
-    3. run the funnel: normalise, filter, redact PII, dedup, pairs, split
+    3. run the funnel: normalise, filter, redact PII, dedup, pairs, split; the per-record steps
+       fan out over row shards on the `execution` task runner (threads, or Dask workers)
     4. validate the curated rows (GX curated suite): a failure stops the flow before writing
     5. write splits, preference pairs, drops and funnel metrics
     6. record the outputs with DVC (`dvc commit curate`, push) and log the run to MLflow
@@ -37,7 +38,7 @@ def curate(format: ChatFormat | None = None, keep_unrated: bool | None = None) -
     paths = CurationPaths.from_settings(env, all_params.harvest, params)
     raw, quarantined = load_raw_partitions(paths.raw_dir)
     raw_docs = validate_raw(raw, paths.docs_dir, params.validation_sample_rows)
-    curated = run_funnel(raw, params, paths)
+    curated = run_funnel(raw, params, paths, all_params.execution, env.dask_address)
     curated_docs = validate_curated(curated, params, paths.docs_dir)
     written = write_outputs(curated, paths.out_dir, params, quarantined)
     versioned = record_with_dvc(paths.out_dir, record=params == all_params.curate)

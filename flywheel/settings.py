@@ -429,6 +429,29 @@ class FlywheelParams(_Section):
     )
 
 
+class ExecutionParams(_Section):
+    """How fan-out work (curation's per-record steps) runs: Prefect's thread pool or a Dask cluster.
+
+    Only the runner and its size live here; an existing cluster's address is a location and
+    comes from the environment (`FLYWHEEL_DASK_ADDRESS`). Outputs are the same whichever runs.
+    """
+
+    task_runner: Literal["thread", "dask"] = Field(
+        "thread",
+        description="'thread': shard tasks on Prefect's thread pool, in the flow's process; 'dask': on a "
+        "Dask cluster (a LocalCluster of worker processes, or FLYWHEEL_DASK_ADDRESS's).",
+    )
+    shards: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Row shards the per-record curate steps are cut into; null = 1 for 'thread', "
+        "dask_workers x dask_threads_per_worker for 'dask'.",
+    )
+    dask_workers: int = Field(2, ge=1, description="Worker processes of the LocalCluster.")
+    dask_threads_per_worker: int = Field(1, ge=1, description="Threads per LocalCluster worker.")
+
+
 class BackendParams(_Section):
     """One model backend the gateway can call. URLs and keys are named by variable, never written here."""
 
@@ -551,6 +574,7 @@ class Params(_Section):
     drift: DriftParams = DriftParams()
     regression: RegressionParams = RegressionParams()
     flywheel: FlywheelParams = FlywheelParams()
+    execution: ExecutionParams = ExecutionParams()
     gateway: GatewayParams = GatewayParams()
     demo: DemoParams = DemoParams()
 
@@ -654,6 +678,12 @@ class Environment(BaseSettings):
         None,
         validation_alias="FLYWHEEL_REDIS_URL",
         description="Shared rate limits and cache across gateways.",
+    )
+    dask_address: str | None = Field(
+        None,
+        validation_alias="FLYWHEEL_DASK_ADDRESS",
+        description="Scheduler of an existing Dask cluster (tcp://host:8786) for execution.task_runner "
+        "dask; unset: a LocalCluster per run.",
     )
 
     @property

@@ -23,11 +23,20 @@ Order matters, cheapest and broadest first:
     protected eval and regression suites never reach train or validation.
 
 Records in = records out + every drop; `Funnel.check` enforces it.
+
+Steps 2-5 judge each record alone and step 7 redacts each row alone: they run
+on row shards through a `ShardMap` (in this process, or as Prefect tasks on
+threads or Dask workers) and are joined back in shard order. Re-deliveries,
+dedup, pairs, injection similarity, quality and the split look across rows
+and run once, on everything: any shard count gives the same bytes.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -45,6 +54,7 @@ from tasks.curate.filters import (
 from tasks.curate.normalise import normalise
 from tasks.curate.pii import redact_frame
 from tasks.curate.preferences import preference_pairs
+from tasks.curate.shards import ShardMap, concat_rows, row_shards, serial_map
 from tasks.curate.split import SPLITS, cluster_splits, split_frame, split_pairs
 from tasks.curate.steps import Funnel, StepResult
 
@@ -92,20 +102,13 @@ def redacted_duplicates(frame: pd.DataFrame, stats: dict[str, int]) -> StepResul
     return StepResult.split("pii", frame, {"redacted_duplicate": duplicate}, stats)
 
 
-def curate_frame(
-    raw: pd.DataFrame,
-    params: CurateParams,
-    embed: EmbedFn,
-    protected: set[str] | frozenset[str] = frozenset(),
-) -> Curated:
-    """Run the funnel over a raw curation frame (see the module docstring for the steps)."""
-    funnel = Funnel(n_in=len(raw))
-    frame = funnel.add(redelivered(raw))
-    frame = funnel.add(normalise(frame))
-    frame = funnel.add(failed_requests(frame))
-    frame = funnel.add(
+def row_steps(shard: pd.DataFrame, params: CurateParams) -> list[StepResult]:
+    """Steps 2-5 (normalise, failed, length and language, safety patterns) on one shard of rows."""
+    results = [normalise(shard)]
+    results.append(failed_requests(results[-1].kept))
+    results.append(
         length_and_language(
-            frame,
+            results[-1].kept,
             params.min_prompt_chars,
             params.max_prompt_chars,
             params.min_response_chars,
@@ -113,7 +116,52 @@ def curate_frame(
             params.min_ascii_letter_share,
         )
     )
-    frame = funnel.add(safety_patterns(frame))
+    results.append(safety_patterns(results[-1].kept))
+    return results
+
+
+def sharded_row_steps(
+    frame: pd.DataFrame, params: CurateParams, shards: int, mapper: ShardMap
+) -> list[StepResult]:
+    """`row_steps` over row shards of `frame`, each step's shards joined back in shard order."""
+    work = [partial(row_steps, shard, params) for shard in row_shards(frame, shards)]
+    per_shard = mapper("row-steps", work)
+    return [StepResult.concat(step) for step in zip(*per_shard, strict=True)]
+
+
+def sharded_redaction(
+    frame: pd.DataFrame, pairs: pd.DataFrame, entities: Sequence[str], shards: int, mapper: ShardMap
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, int]]:
+    """PII redaction of the kept rows (in row shards) and of the pairs; redactions per entity of both."""
+    work = [partial(redact_frame, shard, entities) for shard in row_shards(frame, shards)]
+    work.append(partial(redact_frame, pairs, entities, PAIR_TEXT_COLUMNS))
+    *rows, (redacted_pairs, pair_counts) = mapper("pii", work)
+    counts: Counter[str] = Counter()
+    for _, shard_counts in rows:
+        counts.update(shard_counts)
+    # every shard's counts name each entity asked for, in the same order: the first gives it
+    stats = {entity: counts[entity] + pair_counts.get(entity, 0) for entity in rows[0][1]}
+    return concat_rows([shard for shard, _ in rows]), redacted_pairs, stats
+
+
+def curate_frame(
+    raw: pd.DataFrame,
+    params: CurateParams,
+    embed: EmbedFn,
+    protected: set[str] | frozenset[str] = frozenset(),
+    *,
+    shards: int = 1,
+    mapper: ShardMap = serial_map,
+) -> Curated:
+    """Run the funnel over a raw curation frame (see the module docstring for the steps).
+
+    `mapper` runs the per-row work of each of `shards` row shards (default: here, in turn);
+    the result does not depend on either.
+    """
+    funnel = Funnel(n_in=len(raw))
+    frame = funnel.add(redelivered(raw))
+    for step in sharded_row_steps(frame, params, shards, mapper):
+        frame = funnel.add(step)
     deduped = dedup_frame(
         frame,
         threshold=params.near_dup_threshold,
@@ -128,9 +176,7 @@ def curate_frame(
         deduped.clustered, params.split.train, params.split.validation, params.seed, protected
     )
     frame = funnel.add(deduped.step)
-    redacted, counts = redact_frame(frame, params.pii_entities)
-    pairs, pair_redactions = redact_frame(pairs, params.pii_entities, PAIR_TEXT_COLUMNS)
-    stats = {entity: n + pair_redactions.get(entity, 0) for entity, n in counts.items()}
+    redacted, pairs, stats = sharded_redaction(frame, pairs, params.pii_entities, shards, mapper)
     frame = funnel.add(redacted_duplicates(redacted, stats))
     frame = funnel.add(injection_similarity(frame, embed, params.injection_similarity))
     frame = funnel.add(quality(frame, params.keep_unrated))

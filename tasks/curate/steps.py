@@ -8,11 +8,13 @@ curation without a reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+
+from tasks.curate.shards import concat_rows
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,8 @@ class StepResult:
     kept: pd.DataFrame
     dropped: dict[str, list[str]] = field(default_factory=dict)  # reason -> request ids
     stats: dict[str, int] = field(default_factory=dict)  # e.g. redactions per entity
+    # Every reason the step checks, in its order: shards of one step merge their drops in it.
+    reasons: tuple[str, ...] = ()
 
     @property
     def n_in(self) -> int:
@@ -50,7 +54,34 @@ class StepResult:
             if mine.any():
                 dropped[reason] = ids[mine].tolist()
         kept = frame.loc[~taken].reset_index(drop=True) if taken.any() else frame
-        return cls(step, kept, dropped, dict(stats or {}))
+        return cls(step, kept, dropped, dict(stats or {}), tuple(masks))
+
+    @classmethod
+    def concat(cls, shards: Sequence[StepResult]) -> StepResult:
+        """One step's results on consecutive row shards as the result of one pass over all rows.
+
+        Kept rows and dropped ids follow shard order, reasons the step's own order, stats add up:
+        the same result, byte for byte, as the step on the whole frame.
+        """
+        if not shards:
+            raise ValueError("no shards to concatenate")
+        first = shards[0]
+        if len(shards) == 1:
+            return first
+        if any(shard.step != first.step for shard in shards):
+            raise ValueError(f"shards of different steps: {sorted({shard.step for shard in shards})}")
+        order = list(dict.fromkeys([*first.reasons, *(r for shard in shards for r in shard.dropped)]))
+        dropped = {
+            reason: [request_id for shard in shards for request_id in shard.dropped.get(reason, [])]
+            for reason in order
+            if any(reason in shard.dropped for shard in shards)
+        }
+        stats: dict[str, int] = {}
+        for shard in shards:
+            for key, value in shard.stats.items():
+                stats[key] = stats.get(key, 0) + value
+        kept = concat_rows([shard.kept for shard in shards])
+        return cls(first.step, kept, dropped, stats, first.reasons)
 
 
 class FunnelMismatch(AssertionError):

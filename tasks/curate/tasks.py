@@ -10,7 +10,8 @@ from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
 from flywheel.dvcdata import Versioned, commit_stage
-from flywheel.settings import CurateParams
+from flywheel.runtime.execution import shard_count, shard_map
+from flywheel.settings import CurateParams, ExecutionParams
 from tasks.curate import run
 from tasks.curate.curate import Curated, curate_frame
 from tasks.curate.outputs import funnel_metrics, write_curated
@@ -31,10 +32,21 @@ def validate_raw(frame: pd.DataFrame, docs_dir: Path, sample_rows: int | None) -
 
 
 @task(name="curate-funnel")
-def run_funnel(raw: pd.DataFrame, params: CurateParams, paths: run.CurationPaths) -> Curated:
-    """Prefect task: the whole funnel in one batched task (MiniLM loads once, embeddings cached)."""
+def run_funnel(
+    raw: pd.DataFrame,
+    params: CurateParams,
+    paths: run.CurationPaths,
+    execution: ExecutionParams,
+    dask_address: str | None = None,
+) -> Curated:
+    """Prefect task: the funnel; its per-record steps fan out as `shard` tasks on `execution`'s runner.
+
+    MiniLM loads once, here (embeddings cached); the steps that look across rows run here too.
+    """
     embed = run.minilm_embed(paths.embedding_cache)
-    return curate_frame(raw, params, embed, run.protected_questions(paths.protected))
+    protected = run.protected_questions(paths.protected)
+    with shard_map(execution, dask_address) as mapper:
+        return curate_frame(raw, params, embed, protected, shards=shard_count(execution), mapper=mapper)
 
 
 @task(name="validate-curated")

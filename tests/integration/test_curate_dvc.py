@@ -23,7 +23,6 @@ from tests.helpers.repo_copy import run as _run
 pytestmark = pytest.mark.integration
 
 
-
 @pytest.fixture()
 def repo_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, dict[str, str]]:
     """This repo's files (tracked and new, not ignored) in a fresh git repo with a private DVC remote."""
