@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,21 +12,11 @@ import pytest
 
 from flows.deployments import DEPLOYMENTS
 from flywheel.settings import Environment, load_params
+from tests.helpers.prefect_cli import prefect as _prefect
 
 pytestmark = pytest.mark.integration
 
 BIN = Path(sys.executable).parent
-
-
-def _prefect(env: Environment, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "prefect"), *args],
-        env={**os.environ, "PREFECT_API_URL": env.api_url},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_every_flow_has_a_deployment_with_its_schedule(stack: Environment) -> None:

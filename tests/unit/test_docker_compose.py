@@ -12,7 +12,7 @@ COMPOSE = PROJECT_ROOT / "docker" / "compose.yaml"
 def test_compose_has_the_production_services_with_health_checks() -> None:
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
-    for name in ("postgres", "minio", "prefect-server", "prefect-worker", "mlflow"):
+    for name in ("postgres", "minio", "redis", "prefect-server", "prefect-worker", "mlflow", "gateway"):
         assert name in services, f"compose lacks {name}"
         assert "healthcheck" in services[name], f"{name} should have a health check"
 
@@ -34,3 +34,18 @@ def test_compose_mounts_exist_in_the_repository() -> None:
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (COMPOSE.parent / source).resolve().exists(), f"{name} mounts missing {source}"
+
+
+def test_compose_urls_name_an_installed_driver_and_the_gateway_shares_state() -> None:
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    text = COMPOSE.read_text()
+    # SQLAlchemy reads a bare postgresql:// as psycopg 3, which the image does not have
+    assert "postgresql://" not in text, "write the driver: postgresql+psycopg2:// or postgresql+asyncpg://"
+    gateway = services["gateway"]["environment"]
+    assert gateway["FLYWHEEL_REDIS_URL"].startswith("redis://redis:"), gateway
+    assert gateway["FLYWHEEL_REQUEST_LOG_URL"].startswith("postgresql+psycopg2://"), gateway
+    for name in ("prefect-worker", "gateway"):
+        mounts = services[name].get("volumes", [])
+        assert any(m.startswith("../params.yaml:") for m in mounts), f"{name} should mount params.yaml"
+    for secret in (yaml.safe_load(COMPOSE.read_text()).get("secrets") or {}).values():
+        assert (COMPOSE.parent / secret["file"]).exists(), f"missing secret file {secret['file']}"
