@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from flywheel.runtime.llm import ChatModel, load_chat_model
 from flywheel.settings import EvaluateParams, ModelParams, PriceParams
@@ -88,7 +89,8 @@ def load_candidate(model: ModelParams, run_id: str, cache: Path) -> ChatModel:
     return adapter_model(model, f"runs:/{run_id}/adapter", cache)[0]
 
 
-@task(name="run-eval-suite")
+# NO_CACHE: a ChatModel (a lock inside) cannot be hashed into a cache key
+@task(name="run-eval-suite", cache_policy=NO_CACHE)
 def run_suite(
     chat: ChatModel, items: list[EvalItem], probes: list[dict[str, Any]], model: ModelParams,
     params: EvaluateParams, price: PriceParams,

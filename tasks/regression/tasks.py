@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
 
 from flywheel.settings import EvaluateParams, ModelParams, PriceParams, ProjectParams, RegressionParams
 from tasks.evaluate.run_eval import EvalItem, ModelEval, evaluate_model
@@ -90,7 +91,8 @@ def replay(
         )  # fmt: skip
 
 
-@task(name="score-regression-reference")
+# NO_CACHE: a ChatModel (a lock inside) cannot be hashed into a cache key
+@task(name="score-regression-reference", cache_policy=NO_CACHE)
 def reference_scores(
     chat: ChatModel, items: list[EvalItem], safety: float, model: ModelParams, evaluate: EvaluateParams,
     params: RegressionParams, price: PriceParams,

@@ -63,6 +63,7 @@ def _metric(text: str, pattern: str) -> list[float]:
     return [float(group.rstrip("%")) for group in found.groups()]
 
 
+@pytest.mark.timeout(2400)  # the whole loop: about 10 minutes on 2 quiet cores, far more on busy ones
 def test_one_turn_promotes_a_better_model_with_lineage_audit_and_a_truthful_report(
     loop: tuple[Path, dict[str, str]],
 ) -> None:
