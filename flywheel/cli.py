@@ -330,7 +330,7 @@ def demo(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from flywheel.demo.main_job import MainJob, MainJobError, run_main_job
+    from flywheel.mainjob.job import MainJob, MainJobError, run_main_job
     from flywheel.runtime.prefect_runs import use_api
 
     env = _environment()

@@ -89,7 +89,7 @@ def read_run(flow_run_id: str) -> tuple[RunView, list[RunView]]:
 
 
 def last_log_line(flow_run_ids: list[str]) -> str | None:
-    """The newest log message of any of these flow runs (their task runs included)."""
+    """The newest informative log line of any of these flow runs (their task runs included)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.client.schemas.sorting import LogSort
@@ -98,9 +98,13 @@ def last_log_line(flow_run_ids: list[str]) -> str | None:
         logs = client.read_logs(
             log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(i) for i in flow_run_ids])),
             sort=LogSort.TIMESTAMP_DESC,
-            limit=1,
+            limit=10,
         )
-    return logs[0].message.splitlines()[0][:160] if logs and logs[0].message else None
+    for log in logs:  # Prefect's own state lines ("Finished in state Completed()") say nothing new
+        line = (log.message or "").splitlines()[0][:160] if log.message else ""
+        if line and not line.startswith(("Finished in state", "Beginning ", "View at ")):
+            return line
+    return None
 
 
 def watch(

@@ -161,7 +161,8 @@ def run_canary(
         return result  # aborted
     # Outside the try: once the aliases have moved, an error must not tag the new champion rolled back.
     previous = port.promote(version)
-    reason = f"v{version} passed {len(result)} canary steps; champion now, previous v{previous}"
+    before = f"previous v{previous}" if previous is not None else "replacing the base model"
+    reason = f"v{version} passed {len(result)} canary steps; champion now, {before}"
     audit.record("promoted", subject, version, reason, {"previous": previous})
     notifier("promoted", {"subject": subject, "version": version, "previous": previous, "reason": reason})
     return CanaryOutcome(subject, version, True, reason, previous=previous, steps=result)
@@ -186,7 +187,8 @@ def _steps(
         "canary_started",
         subject,
         version,
-        f"canary {' -> '.join(f'{p}%' for p in params.canary_steps)} against champion v{plan.champion}",
+        f"canary {' -> '.join(f'{p}%' for p in params.canary_steps)} against "
+        + (f"champion v{plan.champion}" if plan.champion is not None else "the base model (no champion yet)"),
         {"steps": list(params.canary_steps), "window_s": params.analysis_window_seconds},
     )
     for percent in params.canary_steps:

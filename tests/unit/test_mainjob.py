@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.demo.main_job import MainJob
-from flywheel.demo.report import DemoReport, GateFigures, canary_events, read_funnel, render
+from flywheel.mainjob.job import MainJob
+from flywheel.mainjob.report import CanaryEvent, DemoReport, GateFigures, canary_events, read_funnel, render
 from flywheel.settings import Environment, Params, load_params
 from registry import AliasState, Subject, VersionRef
 from tasks.promote.audit import AuditTrail
@@ -125,3 +125,12 @@ def test_the_demo_turn_and_canary_take_their_sizes_from_the_demo_section() -> No
     assert canary["canary_steps"] == list(demo.canary_steps), canary
     assert canary["analysis_window_seconds"] == demo.canary_window_seconds, canary
     assert canary["min_requests_per_arm"] == demo.canary_min_requests_per_arm, canary
+
+
+def test_a_long_canary_reason_is_cut_to_its_verdict_in_the_report() -> None:
+    long_why = "all checks passed: " + "; ".join(
+        f"metric_{i} 1 vs 1 (rule: <= 1.5 x champion)" for i in range(9)
+    )
+    report = DemoReport(canary=[CanaryEvent("2026-12-04T21:11:21+00:00", "analysis", "root", long_why, 50)])
+    (line,) = [line for line in render(report) if "analysis" in line]
+    assert "all checks passed  [root]" in line and "metric_0" not in line, line

@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.markup import escape
 
-from flywheel.demo.report import DemoReport, GateFigures, canary_events, read_funnel, render
+from flywheel.mainjob.report import DemoReport, GateFigures, canary_events, read_funnel, render
 from flywheel.runtime.prefect_runs import RunView, start_deployment, watch
 from flywheel.settings import Environment, Params
 

@@ -117,7 +117,7 @@ def render(report: DemoReport) -> list[str]:
         lines += ["", "Canary decisions (audit log)"]
         for e in report.canary:
             step = f"{e.percent:>3}% " if e.percent is not None else "     "
-            lines.append(f"  {e.at[11:19]} {step}{e.event:<14} {e.why}  [{e.who}]")
+            lines.append(f"  {e.at[11:19]} {step}{e.event:<14} {_headline(e.why)}  [{e.who}]")
     if report.version is not None:
         lines += [
             "",
@@ -130,6 +130,15 @@ def render(report: DemoReport) -> list[str]:
         lines += ["", "Where to look"]
         lines += [f"  {name:<28} {url}" for name, url in report.links]
     return lines
+
+
+def _headline(why: str, limit: int = 120) -> str:
+    """A reason's headline: an analysis reads "all checks passed: <every figure>"; the figures
+    are in the audit log and the MLflow tags, the report keeps the verdict."""
+    if len(why) <= limit:
+        return why
+    head = why.split(": ", 1)[0]
+    return head if len(head) <= limit else why[: limit - 3] + "..."
 
 
 def read_funnel(curated_dir: Path) -> dict[str, Any]:
