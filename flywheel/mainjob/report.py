@@ -29,6 +29,7 @@ class GateFigures:
     win_high: float | None
     n_items: int | None
     passed: bool | None
+    failed_rules: tuple[str, ...] = ()
 
     @classmethod
     def from_metrics(cls, metric: str, metrics: Mapping[str, float], prefix: str = "") -> GateFigures:
@@ -51,6 +52,13 @@ class GateFigures:
             win_high=get("gate/win_rate/high"),
             n_items=None if n_items is None else int(n_items),
             passed=None if passed is None else passed >= 0.5,
+            failed_rules=tuple(
+                sorted(
+                    key.removeprefix(prefix + "gate/rule/").removesuffix("/passed")
+                    for key, value in metrics.items()
+                    if key.startswith(prefix + "gate/rule/") and key.endswith("/passed") and value < 0.5
+                )
+            ),
         )
 
 
@@ -113,6 +121,10 @@ def render(report: DemoReport) -> list[str]:
             f"gain {_num(g.diff, '+.3f')} [{_num(g.diff_low, '+.3f')}, {_num(g.diff_high, '+.3f')}]",
             f"  win rate {_num(g.win_rate, '.1%')} [{_num(g.win_low, '.1%')}, {_num(g.win_high, '.1%')}]",
         ]
+        if g.failed_rules:
+            lines.append(
+                f"  failed rules: {', '.join(g.failed_rules)} (the gate's table is in the MLflow run)"
+            )
     if report.canary:
         lines += ["", "Canary decisions (audit log)"]
         for e in report.canary:

@@ -73,6 +73,13 @@ def test_gate_figures_read_the_retrain_runs_metrics() -> None:
     figures = GateFigures.from_metrics("rougeL", metrics)
     assert figures.n_items == 156 and figures.passed is True, figures
     assert (figures.baseline, figures.candidate, figures.diff_low) == (0.129, 0.326, 0.150), figures
+    assert figures.failed_rules == (), figures
+    failed = GateFigures.from_metrics(
+        "rougeL", {**metrics, "gate/passed": 0.0, "gate/rule/latency_p95/passed": 0.0,
+                   "gate/rule/safety/passed": 1.0},
+    )  # fmt: skip
+    assert failed.passed is False and failed.failed_rules == ("latency_p95",), failed
+    assert "failed rules: latency_p95" in "\n".join(render(DemoReport(gate=failed)))
     # the prompt candidate's figures live under prompt/: none here
     assert GateFigures.from_metrics("rougeL", metrics, prefix="prompt/").passed is None
 
