@@ -47,7 +47,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-demo_app = typer.Typer(help="The demo workload and the main job.", invoke_without_command=True)
+demo_app = typer.Typer(
+    help="The main job (`make run`): one whole turn of the loop on the embedded stack -- stack up, seed the "
+    "demo workload, harvest the history, live traffic, the nightly turn (harvest, curate, retrain, gate), "
+    "review, a canary under simulated traffic -- and a report read back from Prefect, MLflow and the "
+    "audit log. Sizes come from the `demo` section of params.yaml; the stack keeps running afterwards. "
+    "`flywheel demo seed` only writes the workload.",
+    invoke_without_command=True,
+)
 app.add_typer(demo_app, name="demo")
 
 console = Console(stderr=True)
