@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mlflow.exceptions import MlflowException
 
 CANARY_WEIGHT_TAG = "flywheel.canary_weight"  # on the challenger version: a fraction in [0, 1]
+_MAX_REREADS = 3  # a registry still changing after this many reads is read as it was last seen
 
 
 @dataclass(frozen=True)
@@ -80,9 +81,22 @@ def read_routing(model_name: str, prompt_name: str, *, tracking_uri: str | None 
     # A quick health check first: the MLflow client retries a dead server for minutes.
     ping(uri, timeout_s=3.0)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return RoutingSnapshot(
-        champion=_model_version(client, model_name, "champion"),
-        challenger=_model_version(client, model_name, "challenger"),
-        champion_prompt=_prompt_version(client, prompt_name, "champion"),
-        challenger_prompt=_prompt_version(client, prompt_name, "challenger"),
-    )
+
+    def read() -> RoutingSnapshot:
+        return RoutingSnapshot(
+            champion=_model_version(client, model_name, "champion"),
+            challenger=_model_version(client, model_name, "challenger"),
+            champion_prompt=_prompt_version(client, prompt_name, "champion"),
+            challenger_prompt=_prompt_version(client, prompt_name, "challenger"),
+        )
+
+    # The aliases are read in separate calls, so a read can straddle a promotion: `champion`
+    # still the old version, `challenger` already gone, and the old champion served again
+    # for a poll. Two reads in a row that agree are a state the registry really was in.
+    snapshot = read()
+    for _ in range(_MAX_REREADS):
+        again = read()
+        if again == snapshot:
+            break
+        snapshot = again
+    return snapshot
