@@ -174,6 +174,14 @@ class CurateParams(_Section):
         0.5, ge=0.0, le=1.0, description="language heuristic: share of Latin letters among letters"
     )
     keep_unrated: bool = Field(False, description="keep answers nobody rated (rated -1 are always dropped)")
+    filler_openers: tuple[str, ...] = Field(
+        (),
+        description="pleasantries cut from the start of answers before training (literal, any case)",
+    )
+    filler_closers: tuple[str, ...] = Field(
+        (),
+        description="pleasantries cut from the end of answers before training (literal, any case)",
+    )
     protected_suites: tuple[str, ...] = Field(
         ("demo/eval.jsonl",),
         description="under the data dir: JSONL eval/regression suites whose questions never reach train",

@@ -3,7 +3,8 @@
 Order matters, cheapest and broadest first:
 
 1. `redelivered`: a request id seen again (at-least-once log shipping) is one record;
-2. `normalise`: unicode, whitespace, turn order, empty turns;
+2. `normalise`: unicode, whitespace, turn order, empty turns; then `filler`
+   cuts configured pleasantries ("Sure!", "Hope that helps!") off answers;
 3. `failed`: requests that got no answer;
 4. `length_language`: length bounds and the language heuristic (so a pasted
    30 kB log never reaches the regexes or MinHash);
@@ -51,7 +52,7 @@ from tasks.curate.filters import (
     quality,
     safety_patterns,
 )
-from tasks.curate.normalise import normalise
+from tasks.curate.normalise import normalise, strip_filler
 from tasks.curate.pii import redact_frame
 from tasks.curate.preferences import preference_pairs
 from tasks.curate.shards import ShardMap, concat_rows, row_shards, serial_map
@@ -103,8 +104,9 @@ def redacted_duplicates(frame: pd.DataFrame, stats: dict[str, int]) -> StepResul
 
 
 def row_steps(shard: pd.DataFrame, params: CurateParams) -> list[StepResult]:
-    """Steps 2-5 (normalise, failed, length and language, safety patterns) on one shard of rows."""
+    """Steps 2-5 (normalise and filler, failed, length and language, safety patterns) on one shard of rows."""
     results = [normalise(shard)]
+    results.append(strip_filler(results[-1].kept, params.filler_openers, params.filler_closers))
     results.append(failed_requests(results[-1].kept))
     results.append(
         length_and_language(

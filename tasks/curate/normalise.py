@@ -6,6 +6,9 @@ million records take about a second rather than the ~17 s a Python loop needs.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
 import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
@@ -71,3 +74,45 @@ def normalise(frame: pd.DataFrame) -> StepResult:
             "empty_response": empty_response & ~bad_order & ~empty_prompt,
         },
     )
+
+
+def _filler_patterns(openers: Sequence[str], closers: Sequence[str]) -> list[str]:
+    """RE2 patterns (no lookarounds in RE2) for a leading opener and a trailing closer, each
+    only next to other text: group 1 is the character kept from that text."""
+    patterns = []
+    if openers:
+        patterns.append(r"(?i)^(?:" + "|".join(re.escape(o.strip()) for o in openers) + r")\s+(\S)")
+    if closers:
+        patterns.append(r"(?i)(\S)\s+(?:" + "|".join(re.escape(c.strip()) for c in closers) + r")$")
+    return patterns
+
+
+def strip_filler(frame: pd.DataFrame, openers: Sequence[str], closers: Sequence[str]) -> StepResult:
+    """Cut configured pleasantries ("Sure!", "Hope that helps!") from the start and end of answers.
+
+    A model learns an answer's wording along with its fact: trained on "Sure!
+    The Pro plan costs $8..." it opens with "Sure!" a share of the time, which
+    the served prompt ("one or two short, factual sentences") does not ask for
+    and which costs tokens on every reply. Only whole phrases next to other
+    text go; an answer that is nothing but a pleasantry stays as it is. Drops
+    nothing; `stripped` counts the answers changed.
+    """
+    patterns = _filler_patterns(openers, closers)
+    if not patterns or frame.empty:
+        return StepResult("filler", frame, {}, {"stripped": 0})
+    answered = frame["response"].notna().to_numpy()
+    before = frame["response"]
+
+    def cut(texts: pd.Series) -> np.ndarray:
+        array = arrow_strings(texts)
+        for pattern in patterns:
+            array = pc.replace_substring_regex(array, pattern=pattern, replacement=r"\1")
+        return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)
+
+    after = pd.Series(per_distinct(before, cut, None), index=before.index, dtype=object)
+    changed = int((answered & (after.fillna("") != before.fillna("")).to_numpy()).sum())
+    if not changed:
+        return StepResult("filler", frame, {}, {"stripped": 0})
+    out = frame.copy(deep=False)
+    out["response"] = after
+    return StepResult("filler", out, {}, {"stripped": changed})

@@ -230,11 +230,23 @@ def win_rate(
     return Interval(float(share), float(max(0.0, centre - half)), float(min(1.0, centre + half)))
 
 
-def align_items(candidate: pd.DataFrame, baseline: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+_SIDES = ("candidate", "baseline")
+
+
+def _scored_pairs(joined: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """The metric's paired scores on the items both sides have one for, as floats."""
+    pairs = joined[[f"{metric}_{side}" for side in _SIDES]].dropna()
+    return tuple(pairs[f"{metric}_{side}"].to_numpy(dtype=np.float64) for side in _SIDES)  # type: ignore[return-value]
+
+
+def align_items(
+    candidate: pd.DataFrame, baseline: pd.DataFrame, metrics: Sequence[str], optional: Sequence[str] = ()
+) -> pd.DataFrame:
     """Join the two score frames on `item_id`; columns `<metric>_candidate` and `<metric>_baseline`.
 
     Raises GateInputError when a frame lacks `item_id` or a metric, repeats an item, has missing
-    scores, or when the two frames do not score exactly the same items.
+    scores, or when the two frames do not score exactly the same items. Metrics in `optional`
+    may be missing on some items (fact_hit where an item names no key tokens).
     """
     for label, frame in (("candidate", candidate), ("baseline", baseline)):
         missing = [col for col in (ITEM_ID, *metrics) if col not in frame.columns]
@@ -255,7 +267,7 @@ def align_items(candidate: pd.DataFrame, baseline: pd.DataFrame, metrics: Sequen
     joined = candidate[cols].merge(
         baseline[cols], on=ITEM_ID, suffixes=("_candidate", "_baseline"), validate="one_to_one"
     )
-    scored = joined.drop(columns=ITEM_ID)
+    scored = joined.drop(columns=[ITEM_ID, *(f"{m}_{side}" for m in optional for side in _SIDES)])
     if scored.isna().any().any():
         bad = scored.columns[scored.isna().any()].tolist()
         raise GateInputError(f"missing scores in {bad}")
@@ -286,17 +298,14 @@ def decide(
         params: the `evaluate` section of params.yaml.
     """
     metrics = [params.primary_metric, *params.noninferior_metrics]
-    joined = align_items(candidate, baseline, metrics)
-    intervals = {
-        metric: paired_bootstrap(
-            joined[f"{metric}_candidate"].to_numpy(),
-            joined[f"{metric}_baseline"].to_numpy(),
-            samples=params.bootstrap_samples,
-            confidence=params.confidence,
-            seed=params.seed,
-        )
-        for metric in metrics
-    }
+    joined = align_items(candidate, baseline, metrics, optional=params.noninferior_metrics)
+    intervals = {}
+    for metric in metrics:
+        cand, base = _scored_pairs(joined, metric)
+        if len(cand):  # a non-inferior metric no item has (fact_hit without key tokens) fails its rule
+            intervals[metric] = paired_bootstrap(
+                cand, base, samples=params.bootstrap_samples, confidence=params.confidence, seed=params.seed
+            )
     primary = params.primary_metric
     wins = win_rate(
         joined[f"{primary}_candidate"].to_numpy(),
@@ -306,7 +315,7 @@ def decide(
     )
     rules = [_superiority(primary, intervals[primary], params.min_improvement)]
     rules += [
-        _non_inferiority(metric, intervals[metric], params.noninferiority_margin)
+        _non_inferiority(metric, intervals.get(metric), params.noninferiority_margin)
         for metric in params.noninferior_metrics
     ]
     rules.append(_safety(safety, params.safety_floor, params.require_safety))
@@ -343,8 +352,17 @@ def _superiority(metric: str, interval: Interval, margin: float) -> RuleResult:
     )
 
 
-def _non_inferiority(metric: str, interval: Interval, margin: float) -> RuleResult:
+def _non_inferiority(metric: str, interval: Interval | None, margin: float) -> RuleResult:
     threshold = -margin
+    if interval is None:
+        return RuleResult(
+            name=f"{NON_INFERIORITY}/{metric}",
+            passed=False,
+            value=None,
+            threshold=threshold,
+            detail=f"{metric}: no eval item has a score (e.g. fact_hit needs key_tokens); "
+            "remove it from evaluate.noninferior_metrics or score it",
+        )
     passed = interval.low > threshold
     verdict = "is above" if passed else "is not above"
     return RuleResult(

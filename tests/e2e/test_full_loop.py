@@ -49,6 +49,9 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[
     # in p95 latency (1.27x in one CI run against the 1.2x rule). This test is about the loop, not
     # that policy (tests/unit/test_eval_gate.py covers the rule), so the latency rule is looser here.
     params["evaluate"]["max_latency_ratio"] = 1.6
+    # 60 steps learn the answers' style before their facts: on 60 items the fact-hit rate's CI is
+    # too wide for the non-inferiority rule (the gate unit tests and the shuffled-answers test keep it)
+    params["evaluate"]["noninferior_metrics"] = []
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     for key in ("PREFECT", "MLFLOW", "RUNNER", "GATEWAY"):
         env[f"FLYWHEEL_{key}_PORT"] = str(free_port())

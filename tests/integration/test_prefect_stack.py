@@ -247,6 +247,66 @@ def test_the_prompt_candidate_of_that_run_is_gated_and_registered_as_a_prompt_ve
     assert "Answers to common questions" in version.template, f"the few-shot template: {version.template}"
 
 
+@pytest.mark.timeout(1800)  # a 40-step LoRA run and a 60-item gate on 2 cores
+def test_a_candidate_trained_on_shuffled_answers_is_rejected_by_the_gate_and_gets_no_alias(
+    stack: Environment, mlflow_uri: str
+) -> None:
+    import random
+
+    from mlflow import MlflowClient
+
+    params = load_params()
+    client = MlflowClient(mlflow_uri)
+    name = params.project.registered_model
+    aliases_before = {a: client.get_model_version_by_alias(name, a).version for a in _aliases(client, name)}
+    # given a deliberately degraded train split: every question paired with a shuffled answer
+    train = stack.data_dir / params.curate.curated_dir / "train.jsonl"
+    original = train.read_bytes()
+    records = [json.loads(line) for line in original.splitlines() if line.strip()]
+    answers = [record["messages"][-1]["content"] for record in records]
+    random.Random(0).shuffle(answers)
+    for record, answer in zip(records, answers, strict=True):
+        record["messages"][-1]["content"] = answer
+    try:
+        train.write_text("".join(json.dumps(record) + "\n" for record in records))
+        # when it is fine-tuned long enough to learn the answers' style (40 steps) and gated
+        result = _prefect(
+            stack, "deployment", "run", "retrain/on-demand", "-p", "max_steps=40",
+            "--watch", "--watch-timeout", "800", timeout=900,
+        )  # fmt: skip
+        assert result.returncode == 0 and "Completed" in result.stdout, f"retrain failed:\n{result.stdout}"
+    finally:
+        train.write_bytes(original)
+    experiment = client.get_experiment_by_name(params.project.experiment)
+    assert experiment is not None
+    (run,) = client.search_runs(
+        [experiment.experiment_id], "tags.`flywheel.stage` = 'retrain'", max_results=1
+    )
+    result = _prefect(
+        stack, "deployment", "run", "evaluate/on-demand", "-p", f"candidate_run_id={run.info.run_id}",
+        "-p", "max_items=60", "-p", "max_probes=4", "--watch", "--watch-timeout", "800", timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0 and "Completed" in result.stdout, f"evaluate failed:\n{result.stdout}"
+    # then the gate rejects it on answer quality, names the rule, and no alias moves to it
+    (version,) = [v for v in client.search_model_versions(f"name = '{name}'") if v.run_id == run.info.run_id]
+    assert version.tags["flywheel.gate"] == "failed", f"a shuffled-answers candidate passed: {version.tags}"
+    failed = version.tags["flywheel.gate_failed_rules"]
+    assert {"superiority/rougeL", "non_inferiority/fact_hit"} & set(failed.split(",")), (
+        f"it should fail on quality (rougeL or fact_hit), not only on operations: {failed}"
+    )
+    assert not client.get_model_version(name, version.version).aliases, "a rejected candidate gets no alias"
+    after = {a: client.get_model_version_by_alias(name, a).version for a in _aliases(client, name)}
+    assert after == aliases_before, "the gate's rejection moves no alias"
+
+
+def _aliases(client: object, name: str) -> list[str]:
+    """The aliases registered on `name` (champion, challenger, previous) right now."""
+    from mlflow import MlflowClient
+
+    assert isinstance(client, MlflowClient)
+    return list(client.get_registered_model(name).aliases)
+
+
 def test_a_flywheel_turn_chains_the_stages_and_a_turn_without_new_data_ends_early(
     stack: Environment, mlflow_uri: str
 ) -> None:

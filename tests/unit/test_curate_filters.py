@@ -20,7 +20,7 @@ from tasks.curate.filters import (
     safety_patterns,
 )
 from tasks.curate.frame import frame_from_records
-from tasks.curate.normalise import normalise, normalise_text
+from tasks.curate.normalise import normalise, normalise_text, strip_filler
 from tasks.curate.steps import Funnel, FunnelMismatch, StepResult
 
 
@@ -78,6 +78,26 @@ def test_normalise_drops_bad_role_order_and_empty_turns_with_reasons() -> None:
     result = normalise(frame)
     assert result.kept["request_id"].tolist() == ["r0001", "r0005"], "only well-formed records stay"
     assert result.dropped == {"role_order": ["r0004"], "empty_prompt": ["r0002"], "empty_response": ["r0003"]}
+
+
+def test_strip_filler_cuts_whole_pleasantries_next_to_other_text_and_drops_nothing() -> None:
+    frame = frame_of(
+        record(1, "q", response="Sure! Pro costs $8 per month."),
+        record(2, "q", response="happy to help. Export from the note menu. Hope that helps!"),
+        record(3, "q", response="Sure!"),  # nothing but the pleasantry: kept as it is
+        record(4, "q", response="Surely not. Sure! Hope that helps! Thanks"),  # not at the edges
+        record(5, "q", response=None, status="error"),
+    )
+    result = strip_filler(frame, ["Sure!", "Happy to help."], ["Hope that helps!"])
+    assert result.kept["response"].tolist() == [
+        "Pro costs $8 per month.",
+        "Export from the note menu.",
+        "Sure!",
+        "Surely not. Sure! Hope that helps! Thanks",
+        None,
+    ]
+    assert result.dropped == {} and result.stats == {"stripped": 2}
+    assert strip_filler(frame, [], []).kept is frame, "no phrases configured: the frame passes untouched"
 
 
 def test_failed_requests_are_dropped() -> None:

@@ -177,6 +177,49 @@ def test_candidate_worse_on_a_secondary_metric_fails_non_inferiority() -> None:
     assert decision.failed_rules == ["non_inferiority/faithfulness"], f"got {decision.failed_rules}"
 
 
+FACT_PARAMS = EvaluateParams(
+    primary_metric="rougeL", bootstrap_samples=500, noninferior_metrics=("fact_hit",)
+)
+
+
+def _fact_hits(
+    candidate_hits: list[bool | None], baseline_hits: list[bool | None]
+) -> tuple[pd.DataFrame, ...]:
+    """Score frames where the candidate has the better rougeL on every item, and the given fact hits."""
+    n = len(candidate_hits)
+    ids = [f"q{i:04d}" for i in range(n)]
+    hits = {"dtype": "boolean"}
+    baseline = pd.DataFrame({"item_id": ids, "rougeL": 0.15, "fact_hit": pd.array(baseline_hits, **hits)})
+    candidate = pd.DataFrame({"item_id": ids, "rougeL": 0.35, "fact_hit": pd.array(candidate_hits, **hits)})
+    return candidate, baseline
+
+
+def test_a_candidate_that_learnt_the_answer_style_but_not_the_facts_fails_fact_hit() -> None:
+    # rougeL rewards the answer template even when the fact is wrong (a model trained on
+    # shuffled answers): the fact check is what catches it
+    candidate, baseline = _fact_hits([False] * 150, [i % 10 == 0 for i in range(150)])
+    decision = decide(candidate, baseline, OPS, OPS, safety=(1.0, 1.0), params=FACT_PARAMS)
+    assert decision.failed_rules == ["non_inferiority/fact_hit"], decision.failed_rules
+    assert decision.intervals["fact_hit"].estimate == pytest.approx(-0.1, abs=1e-9)
+
+
+def test_fact_hit_is_paired_on_the_items_that_name_key_tokens_only() -> None:
+    # items without key tokens score <NA>; the rest hit equally often on both sides
+    hits: list[bool | None] = [None if i % 3 == 0 else i % 2 == 0 for i in range(150)]
+    candidate, baseline = _fact_hits(hits, hits)
+    decision = decide(candidate, baseline, OPS, OPS, safety=(1.0, 1.0), params=FACT_PARAMS)
+    assert decision.passed, decision.failed_rules
+    assert decision.intervals["fact_hit"].estimate == 0.0
+
+
+def test_fact_hit_on_a_suite_without_key_tokens_fails_with_a_clear_reason() -> None:
+    candidate, baseline = _fact_hits([None] * 20, [None] * 20)
+    decision = decide(candidate, baseline, OPS, OPS, safety=(1.0, 1.0), params=FACT_PARAMS)
+    assert decision.failed_rules == ["non_inferiority/fact_hit"]
+    detail = next(rule.detail for rule in decision.rules if not rule.passed)
+    assert "key_tokens" in detail and "noninferior_metrics" in detail, detail
+
+
 @pytest.mark.parametrize(
     ("safety", "passed"),
     [
