@@ -235,8 +235,9 @@ _SIDES = ("candidate", "baseline")
 
 def _scored_pairs(joined: pd.DataFrame, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """The metric's paired scores on the items both sides have one for, as floats."""
-    pairs = joined[[f"{metric}_{side}" for side in _SIDES]].dropna()
-    return tuple(pairs[f"{metric}_{side}"].to_numpy(dtype=np.float64) for side in _SIDES)  # type: ignore[return-value]
+    cand, base = (f"{metric}_{side}" for side in _SIDES)
+    pairs = joined[[cand, base]].dropna()
+    return pairs[cand].to_numpy(dtype=np.float64), pairs[base].to_numpy(dtype=np.float64)
 
 
 def align_items(
@@ -302,7 +303,9 @@ def decide(
     intervals = {}
     for metric in metrics:
         cand, base = _scored_pairs(joined, metric)
-        if len(cand):  # a non-inferior metric no item has (fact_hit without key tokens) fails its rule
+        # A non-inferior metric no item has (fact_hit without key tokens) fails its rule below;
+        # an empty primary is an input error (paired_bootstrap raises).
+        if len(cand) or metric == params.primary_metric:
             intervals[metric] = paired_bootstrap(
                 cand, base, samples=params.bootstrap_samples, confidence=params.confidence, seed=params.seed
             )
