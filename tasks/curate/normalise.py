@@ -100,7 +100,6 @@ def strip_filler(frame: pd.DataFrame, openers: Sequence[str], closers: Sequence[
     patterns = _filler_patterns(openers, closers)
     if not patterns or frame.empty:
         return StepResult("filler", frame, {}, {"stripped": 0})
-    answered = frame["response"].notna().to_numpy()
     before = frame["response"]
 
     def cut(texts: pd.Series) -> np.ndarray:
@@ -110,7 +109,7 @@ def strip_filler(frame: pd.DataFrame, openers: Sequence[str], closers: Sequence[
         return np.asarray(array.to_numpy(zero_copy_only=False), dtype=object)
 
     after = pd.Series(per_distinct(before, cut, None), index=before.index, dtype=object)
-    changed = int((answered & (after.fillna("") != before.fillna("")).to_numpy()).sum())
+    changed = int((after.fillna("") != before.fillna("")).sum())  # a null answer stays null
     if not changed:
         return StepResult("filler", frame, {}, {"stripped": 0})
     out = frame.copy(deep=False)
