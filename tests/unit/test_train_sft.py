@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from flywheel.runtime.lora import new_lora
 from flywheel.settings import TrainParams
+from tasks.train import sft
 from tasks.train.data import IGNORE_INDEX, as_served, collate, tokenize_record
 from tasks.train.sft import (
     CheckpointMismatchError,
@@ -22,6 +24,7 @@ from tasks.train.sft import (
     TrainResult,
     latest_checkpoint,
     schedule_factor,
+    shared_prefix_length,
     train_lora,
 )
 from tests.helpers.tiny_llm import build_tiny_model, build_tiny_tokenizer
@@ -152,6 +155,48 @@ def test_collate_pads_right_with_masked_labels() -> None:
     assert batch["input_ids"].shape == (2, width), f"shape {tuple(batch['input_ids'].shape)}"
     assert int(batch["attention_mask"][0].sum()) == len(short.input_ids), "padding must be masked out"
     assert (batch["labels"][0, len(short.input_ids) :] == IGNORE_INDEX).all(), "padding must carry no loss"
+
+
+def test_shared_prefix_stops_before_the_first_target_and_where_rows_differ() -> None:
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 5, 6]])
+    no_target = torch.full_like(ids, IGNORE_INDEX)
+    assert shared_prefix_length(ids, no_target) == 3, "rows differ at position 3"
+    labels = no_target.clone()
+    labels[1, 2] = 3  # a target at position 2: predicted from position 1, which must not be shared
+    assert shared_prefix_length(ids, labels) == 1, "the prefix must end before the earliest target"
+    assert shared_prefix_length(torch.tensor([[1, 2], [2, 2]]), torch.full((2, 2), IGNORE_INDEX)) == 0
+
+
+def test_the_shared_prefix_pass_gives_the_full_pass_loss_and_gradients(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a LoRA-wrapped tiny model and a padded batch whose rows share the system prompt
+    tokenizer = build_tiny_tokenizer()
+    model = build_tiny_model(len(tokenizer), seed=0)
+    peft_model = new_lora(model, 4, 8, TINY_MODULES, init_lora_weights=False)
+    examples = [tokenize_record(r, tokenizer, 256) for r in (_record(3), _record(11), _record(7, "No."))]
+    batch = collate(examples, pad_token_id=2)
+    prefix = shared_prefix_length(batch["input_ids"], batch["labels"])
+    assert prefix >= sft.MIN_SHARED_PREFIX, f"the records share only {prefix} tokens: the test needs more"
+    loss_fn = sft._LossFn(peft_model)
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+
+    def loss_and_grads() -> tuple[float, torch.Tensor]:
+        for parameter in trainable:
+            parameter.grad = None
+        loss = loss_fn(batch)
+        loss.backward()
+        return float(loss), torch.cat([p.grad.flatten() for p in trainable if p.grad is not None])
+
+    # when the loss runs once with the shared prefix and once without
+    shared_loss, shared_grads = loss_and_grads()
+    monkeypatch.setattr(sft, "MIN_SHARED_PREFIX", 10**6)
+    full_loss, full_grads = loss_and_grads()
+    # then both give the same loss and the same gradients (to float rounding)
+    assert shared_loss == pytest.approx(full_loss, rel=1e-5), f"loss {shared_loss} vs {full_loss}"
+    assert shared_grads.numel() == full_grads.numel() > 0, "every LoRA weight must get a gradient"
+    difference = float((shared_grads - full_grads).norm() / full_grads.norm())
+    assert difference < 1e-5, f"gradients differ by {difference:.3g} (relative norm)"
 
 
 # -- schedule ------------------------------------------------------------------
