@@ -220,7 +220,7 @@ class _LossFn:
         if prefix < MIN_SHARED_PREFIX or input_ids.shape[0] < 2:
             return self.backbone(input_ids=input_ids, attention_mask=attention)[0][:, prefix:]
         shared = self.backbone(input_ids=input_ids[:1, :prefix], use_cache=True)
-        cache = shared.past_key_values
+        cache = shared.cache
         cache.batch_repeat_interleave(input_ids.shape[0])  # gradients flow back to the one prefix pass
         positions = torch.arange(prefix, input_ids.shape[1], device=input_ids.device)
         return self.backbone(
