@@ -211,13 +211,13 @@ class TrainParams(_Section):
         min_length=1,
         description="Keep the MLP projections: attention-only LoRA learns the style, not the facts.",
     )
-    learning_rate: float = Field(3e-4, gt=0.0)
+    learning_rate: float = Field(3e-3, gt=0.0)
     lr_schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay to 0.")
     warmup_steps: int = Field(0, ge=0)
     weight_decay: float = Field(0.0, ge=0.0)
     max_grad_norm: float | None = Field(1.0, gt=0.0, description="Gradient clipping; null = none.")
     epochs: int = Field(10, ge=1)
-    max_steps: int = Field(264, ge=1, description="Optimizer steps; stops here or after `epochs`.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps; stops here or after `epochs`.")
     batch_size: int = Field(8, ge=1, description="Records per optimizer step.")
     gradient_accumulation: int = Field(1, ge=1, description="Micro-batches each step's batch is split into.")
     max_seq_length: int = Field(256, ge=16)
