@@ -76,6 +76,7 @@ bench: install ## Run the benchmarks (print figures; each has --help)
 	$(PY) bench/bench_curate.py --records 1000000
 	$(PY) bench/bench_drift.py --rows 1000000
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_quality.py
 
 repro: install ## Re-run the DVC pipeline (dvc repro) with the venv's tools on PATH
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" DVC_NO_ANALYTICS=1 $(VENV)/bin/dvc repro
