@@ -1,6 +1,7 @@
 """Benchmark: what one retrain buys on the demo workload, measured the way the gate measures it.
 
-    python bench/bench_quality.py [--set learning_rate=0.003 ...] [--data DIR] [--max-items N] [--json]
+    python bench/bench_quality.py [--set learning_rate=0.003 ...] [--model-set dtype=bfloat16 ...]
+                                  [--data DIR] [--run-dir DIR] [--max-items N] [--json]
 
 Builds the demo data in DIR (a temporary folder by default; a DIR that already
 holds `curated/train.jsonl` is reused): the demo workload, one harvest of its
@@ -8,12 +9,14 @@ history, one curation, with the functions the flows call (no Prefect, no
 servers). Then fine-tunes a LoRA adapter with the project's `train` params
 (each `--set key=value` overrides one, the value read as JSON), and lets the
 base model and the candidate answer the held-out eval suite with the served
-system prompt. Scoring and decision are the gate's own code: per-item ROUGE-L
-and fact hit, paired bootstrap CIs of the gains, the win rate. Also prints the
+system prompt (loaded with the `model` params, each `--model-set key=value`
+overriding one: `dtype=bfloat16` measures the bf16 serving path; training
+always uses the float32 base). Scoring and decision are the gate's own code:
+per-item ROUGE-L and fact hit, paired bootstrap CIs of the gains, the win rate. Also prints the
 fact hit by how many paraphrases of the fact reached the train split, which is
 what limits it. Safety probes are not run here (the gate runs them).
 
-About 15 minutes on 2 cores (training about 11, answering about 4).
+About 11-15 minutes on 2 cores (training 7.5-11, answering about 3-4).
 Prints figures; asserts nothing.
 """
 
@@ -39,7 +42,20 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a train param (JSON value)"
     )
+    parser.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a model param for answering (JSON value)",
+    )
     parser.add_argument("--data", type=Path, default=None, help="data dir to build or reuse (default: temp)")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="training run dir to keep (default: temp); a finished run there resumes at its last step",
+    )
     parser.add_argument("--max-items", type=int, default=None, help="eval only the first N items")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of lines")
     return parser.parse_args(argv)
@@ -115,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     params = load_params()
     train_params = override(params.train, **_overrides(args.set))
+    model_params = override(params.model, **_overrides(args.model_set))
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as scratch:
         data_dir = args.data or Path(scratch) / "data"
         curated = data_dir / params.curate.curated_dir
@@ -133,14 +150,15 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
-        result = fine_tune(params.model, train_params, curated, Path(scratch) / "run", on_step=progress)
+        run_dir = args.run_dir or Path(scratch) / "run"
+        result = fine_tune(params.model, train_params, curated, run_dir, on_step=progress)
         items = load_eval_items(data_dir / params.evaluate.eval_suite)[: args.max_items]
         price = params.gateway.prices["default"]
         print(f"answering {len(items)} held-out items with each model ...", file=sys.stderr, flush=True)
         answer_started = time.perf_counter()
         evals = {
             name: evaluate_model(
-                load_chat_model(params.model, adapter=adapter),
+                load_chat_model(model_params, adapter=adapter),
                 items,
                 [],
                 params.model.system_prompt,
@@ -160,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     primary = params.evaluate.primary_metric
     figures: dict[str, Any] = {
         "train_overrides": _overrides(args.set),
+        "model_overrides": _overrides(args.model_set),
         "learning_rate": train_params.learning_rate,
         "steps": result.steps,
         "train_records": len(train_records),

@@ -140,8 +140,8 @@ ChatFormat = Literal["chatml", "alpaca", "sharegpt"]
 class SplitParams(_Section):
     """Shares of curated clusters per split; what is left after train and validation is eval."""
 
-    train: float = Field(0.8, gt=0.0, lt=1.0)
-    validation: float = Field(0.1, ge=0.0, lt=1.0)
+    train: float = Field(0.9, gt=0.0, lt=1.0)
+    validation: float = Field(0.05, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
     def _leaves_eval(self) -> SplitParams:

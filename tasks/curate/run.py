@@ -103,12 +103,37 @@ def validate_raw(frame: pd.DataFrame, docs_dir: Path, sample_rows: int | None) -
     return raise_on_failure(validate(frame, raw_suite(), docs_dir, sample_rows=sample_rows))
 
 
+def expected_split_shares(params: CurateParams, rows: int) -> dict[str, tuple[float, float]]:
+    """The (low, high) share of rows each split may have: its configured share, give or take
+    one point plus four binomial standard deviations.
+
+    Curated rows are one per cluster, and clusters go to splits by hash, so a split's
+    share is binomial around its configured share: a small curation strays further
+    (276 rows at 0.9: +-0.08) than a large one (+-0.01). Outside that band the split
+    itself is broken (everything in one split, shares swapped), which is what the
+    expectation is for; a fixed band would fail small curations by chance.
+    """
+    configured = {
+        "train": params.split.train,
+        "validation": params.split.validation,
+        "eval": 1.0 - params.split.train - params.split.validation,
+    }
+    n = max(rows, 1)
+    bands = {}
+    for name, share in configured.items():
+        margin = 0.01 + 4.0 * (share * (1.0 - share) / n) ** 0.5
+        bands[name] = (max(0.0, share - margin), min(1.0, share + margin))
+    return bands
+
+
 def validate_curated(curated: Curated, params: CurateParams, docs_dir: Path) -> Any:
     """The curated suite as a GX checkpoint, before anything is written; raises on failure."""
     from tasks.validate import curated_suite, raise_on_failure, validate
 
     suite = curated_suite(
-        max_prompt_chars=params.max_prompt_chars, max_response_chars=params.max_response_chars
+        max_prompt_chars=params.max_prompt_chars,
+        max_response_chars=params.max_response_chars,
+        split_shares=expected_split_shares(params, len(curated.frame)),
     )
     return raise_on_failure(
         validate(curated.frame, suite, docs_dir, sample_rows=params.validation_sample_rows)

@@ -199,3 +199,22 @@ def test_load_protected_keys_reads_eval_suites(tmp_path: Path) -> None:
     keys = load_protected_keys([path])
     # then they are the canonical keys of its questions
     assert keys == frozenset({"a b", "c d"}), f"protected keys: {keys}"
+
+
+def test_expected_split_shares_band_the_configured_shares_wider_for_small_curations() -> None:
+    from flywheel.settings import CurateParams
+    from tasks.curate.run import expected_split_shares
+
+    # Given the default 90 / 5 / 5 split
+    params = CurateParams()
+    # When the bands are computed for a small and a large curation
+    small, large = expected_split_shares(params, 276), expected_split_shares(params, 1_000_000)
+    # Then each band holds its configured share, the small one is wider, and a split
+    # that swallowed everything (train 1.0) or nothing (train 0.5) falls outside both
+    for name, share in (("train", 0.9), ("validation", 0.05), ("eval", 0.05)):
+        for bands in (small, large):
+            low, high = bands[name]
+            assert 0.0 <= low < share < high <= 1.0, f"{name}: {share} not inside {bands[name]}"
+        assert small[name][1] - small[name][0] > large[name][1] - large[name][0], f"{name}: small not wider"
+    assert large["train"] == pytest.approx((0.8888, 0.9112), abs=1e-3), large["train"]
+    assert small["train"][0] > 0.5 and small["train"][1] < 1.0, f"train band too loose: {small['train']}"
