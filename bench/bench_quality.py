@@ -61,12 +61,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
+def _overrides(pairs: list[str], option: str = "--set") -> dict[str, Any]:
     updates: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--set wants KEY=VALUE, got {pair!r}")
+            raise SystemExit(f"{option} wants KEY=VALUE, got {pair!r}")
         try:
             updates[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -130,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.train.run import TRAIN_FILE, fine_tune, read_records
 
     params = load_params()
-    train_params = override(params.train, **_overrides(args.set))
-    model_params = override(params.model, **_overrides(args.model_set))
+    train_overrides = _overrides(args.set)
+    model_overrides = _overrides(args.model_set, "--model-set")
+    train_params = override(params.train, **train_overrides)
+    model_params = override(params.model, **model_overrides)
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as scratch:
         data_dir = args.data or Path(scratch) / "data"
         curated = data_dir / params.curate.curated_dir
@@ -177,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     by_band = scores.groupby(bands)["fact_hit"].agg(["mean", "count"])
     primary = params.evaluate.primary_metric
     figures: dict[str, Any] = {
-        "train_overrides": _overrides(args.set),
-        "model_overrides": _overrides(args.model_set),
+        "train_overrides": train_overrides,
+        "model_overrides": model_overrides,
         "learning_rate": train_params.learning_rate,
         "steps": result.steps,
         "train_records": len(train_records),
