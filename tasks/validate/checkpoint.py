@@ -228,7 +228,11 @@ def _run_checkpoint(
     gx, _ = gx_modules()
     from great_expectations.checkpoint import UpdateDataDocsAction
 
-    frame = _narrow(frame, expectations)
+    # One copy up front leaves a consolidated frame (one block per dtype). GX copies
+    # the batch in most expectations (a boolean filter that keeps every row still
+    # copies), and each copy of a frame of loose column blocks merges them anew:
+    # ~25 ms per copy on 1M rows, 89 copies in the curate stage.
+    frame = _narrow(frame, expectations).copy()
     batch = (
         context.data_sources.add_pandas(name=name)
         .add_dataframe_asset(name=name)
