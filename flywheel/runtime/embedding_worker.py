@@ -1,12 +1,17 @@
-"""MiniLM in its own process, for bf16 batch embedding without slowing the rest of the process.
+"""MiniLM in its own process, for bf16 batch embedding that leaves the caller's threads alone.
 
-Why a process: on this stack, one bf16 matmul in a process leaves MKL's float32
-GEMV single-threaded on every thread started afterwards (measured on a 2-core
-Sapphire Rapids: a 576x1536 GEMV goes from 39 to 155 us; SmolLM2 generating on a
-gateway or Prefect thread drops from 28 to 17 tokens/s). No MKL or OpenMP
-setting undoes it, so bf16 runs where nothing else does: a child process whose
-only job is to embed. The parent sends lists of texts over a pipe and gets
-float32 rows back; the child dies with the pipe.
+Why a process: torch runs on libgomp (OpenMP), which keeps a pool of worker
+threads for every live thread that has run a parallel op. Once a process has
+more pool threads than cores (two live torch threads on 2 cores), libgomp stops
+spinning between parallel regions and every small op pays a futex wake-up:
+measured here, a 576x1536 float32 GEMV goes from 39 to 155 us and SmolLM2
+generating on a thread from 28 to 17 tokens/s, for as long as the other thread
+lives (a thread that ran a matmul and exited costs nothing). No MKL or OpenMP
+setting undoes it (OMP_WAIT_POLICY=active spins both pools on the same cores).
+Prefect runs tasks on long-lived threads and the flywheel runs curate, retrain
+and evaluate in one process, so batch embedding runs in a child process whose
+only job is to embed: the parent sends lists of texts over a socket and gets
+float32 rows back; the child exits when the socket closes.
 """
 
 from __future__ import annotations

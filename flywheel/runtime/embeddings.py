@@ -41,8 +41,7 @@ def embedding_dtype(requested: str | None = None) -> EmbeddingDtype:
     "auto" is bfloat16 where the CPU multiplies bf16 in hardware, float32 elsewhere.
     On a 2-core Sapphire Rapids, bf16 embeds 2.3x as many texts per second
     (601 vs 263 on demo prompts) with cosine >= 0.996 to the float32 vectors;
-    without hardware bf16 it would be slower than float32. bf16 runs in its own
-    process (`embedding_worker`: it would slow float32 work started afterwards).
+    without hardware bf16 it would be slower than float32.
     """
     choice = requested or os.environ.get(DTYPE_VARIABLE) or "auto"
     if choice == "auto":
@@ -99,9 +98,9 @@ _EMBEDDER_LOCK = threading.Lock()
 def load_embedder(dtype: EmbeddingDtype = "float32") -> Embedder:
     """The all-MiniLM-L6-v2 embedder on CPU, loaded once per process (and dtype) from the bundled files.
 
-    In-process embedding stays float32: a bf16 matmul would leave this
-    process's later float32 work (the LLM on a thread) single-threaded; see
-    `embedding_worker`, which runs bf16 in a process of its own.
+    For batch embedding in a process that also runs the LLM, prefer
+    `minilm_embed`: it embeds in a process of its own (see `embedding_worker`
+    for why torch work on a second live thread slows the first).
     """
     with _EMBEDDER_LOCK:
         embedder = _EMBEDDERS.get(dtype)
@@ -176,9 +175,10 @@ def minilm_embed(
     """MiniLM (the bundled all-MiniLM-L6-v2) for batch embedding, cached on disk at `cache`.
 
     Runs in `embedding_dtype()`: float32 in this process, or bf16 in an
-    embedding process of its own (where the CPU has hardware bf16), unless
-    `in_process`: for a process that runs no float32 torch work on new threads
-    afterwards (the DVC stage command), bf16 here saves the second process.
+    embedding process of its own (where the CPU has hardware bf16), so the
+    caller's threads never share cores with an embedding thread's OpenMP pool
+    (see `embedding_worker`); `in_process` embeds here instead, for a process
+    that does nothing else (the DVC stage command).
     The model loads on the first text the cache does not hold, so a run over
     messages seen before never pays for loading it; `preload` loads it now
     instead (when a stage should not count the load as its own work).

@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     apply_offline_environ()
     params = load_params()
     paths = CurationPaths.from_settings(Environment(), params.harvest, params.curate)
-    # This process ends with the stage: bf16 MiniLM may run here (see flywheel.runtime.embedding_worker).
+    # This process does nothing else: MiniLM may embed here (see flywheel.runtime.embedding_worker).
     run = run_curation(paths, params.curate, minilm_embed(paths.embedding_cache, in_process=True))
     metrics = run.metrics
     print(

@@ -110,7 +110,6 @@ def test_embedder_returns_unit_vectors_that_rank_paraphrases_closer() -> None:
 
 def test_bf16_minilm_in_its_process_agrees_with_float32_on_demo_like_texts() -> None:
     # Given MiniLM in float32 here and in bf16 in an embedding process
-    # (bf16 never runs in this process: it would slow later float32 work on threads)
     from flywheel.runtime.embedding_worker import EmbeddingWorker
     from tasks.curate.filters import INJECTION_SEEDS
 
