@@ -28,6 +28,7 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
     TextIteratorStreamer,
+    TextStreamer,
 )
 
 from flywheel.runtime.base import (
@@ -246,6 +247,42 @@ class ChatModel:
         prompt_ids = self._prompt_ids(messages, max_new_tokens)
         return GenerationStream(self, prompt_ids, max_new_tokens, temperature, stops, seed)
 
+    def generate_streaming(
+        self,
+        messages: Messages,
+        *,
+        max_new_tokens: int,
+        on_text: Callable[[str], None],
+        cancel: threading.Event | None = None,
+        temperature: float = 0.0,
+        stop: Sequence[str] | None = None,
+        seed: int | None = None,
+    ) -> Generation:
+        """Answer one chat on the calling thread, handing text chunks to `on_text` as they come.
+
+        The chunks concatenate to the result's text (no stop string is ever
+        handed out); setting `cancel` stops the generation at its next token.
+        Unlike `stream`, no thread is started: a model-worker process runs this
+        on its one torch thread.
+        """
+        stops = check_generation_args(max_new_tokens, temperature, stop)
+        prompt_ids = self._prompt_ids(messages, max_new_tokens)
+        held = HeldBackText(stops)
+
+        def emit(piece: str) -> None:
+            safe = held.feed(piece)
+            if safe:
+                on_text(safe)
+
+        streamer = _CallbackStreamer(self.tokenizer, emit)
+        result = self._run(
+            [prompt_ids], max_new_tokens, temperature, stops, seed, streamer=streamer, cancel=cancel
+        )[0]
+        rest = held.finish(result.text)
+        if rest:
+            on_text(rest)
+        return result
+
     def _prompt_ids(self, messages: Messages, max_new_tokens: int) -> list[int]:
         ids = self._encode(self.chat_prompt(messages))
         if len(ids) + max_new_tokens > self.context_length:
@@ -273,7 +310,7 @@ class ChatModel:
         stop: tuple[str, ...],
         seed: int | None,
         *,
-        streamer: TextIteratorStreamer | None = None,
+        streamer: TextStreamer | None = None,
         cancel: threading.Event | None = None,
     ) -> list[Generation]:
         """Generate for left-padded prompts under the lock and build one result per prompt."""
@@ -343,6 +380,52 @@ class ChatModel:
         )
 
 
+class HeldBackText:
+    """Streamed text made safe to send: a stop string (or its start) never gets out.
+
+    Holds back the last (longest stop - 1) characters, which may be the start
+    of a stop string; after a stop, takes pieces and sends nothing more.
+    """
+
+    def __init__(self, stop: tuple[str, ...]) -> None:
+        self.stop = stop
+        self.hold = max((len(s) for s in stop), default=1) - 1
+        self.raw = ""
+        self.sent = 0
+        self.stopped = False
+
+    def feed(self, piece: str) -> str:
+        """The text that became safe to send with `piece` ("" when none)."""
+        if self.stopped or not piece:
+            return ""
+        self.raw += piece
+        cut, self.stopped = truncate_at_stop(self.raw, self.stop)
+        safe = len(cut) if self.stopped else max(self.sent, len(self.raw) - self.hold)
+        if safe <= self.sent:
+            return ""
+        text, self.sent = self.raw[self.sent : safe], safe
+        return text
+
+    def finish(self, final: str) -> str:
+        """What is left to send of the final text (decoded from all tokens at once)."""
+        if len(final) <= self.sent or not final.startswith(self.raw[: self.sent]):
+            return ""
+        rest, self.sent = final[self.sent :], len(final)
+        return rest
+
+
+class _CallbackStreamer(TextStreamer):
+    """Hands each piece of decoded text to a callback, on the generating thread."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, on_text: Callable[[str], None]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self._on_text(text)
+
+
 class GenerationStream(Iterator[str]):
     """Text chunks of one generation running in a background thread.
 
@@ -401,27 +484,17 @@ class GenerationStream(Iterator[str]):
         return next(self._chunks)
 
     def _iterate(self) -> Iterator[str]:
-        # Hold back the last (longest stop - 1) characters: they may be the start
-        # of a stop string, which must never reach the client.
-        hold = max((len(s) for s in self._stop), default=1) - 1
-        raw, sent = "", 0
-        stopped = False
+        held = HeldBackText(self._stop)
         for piece in self._streamer:
-            if stopped or not piece:
-                continue  # drain, so the generation thread is never blocked
-            raw += piece
-            cut, stopped = truncate_at_stop(raw, self._stop)
-            safe = len(cut) if stopped else max(sent, len(raw) - hold)
-            if safe > sent:
-                yield raw[sent:safe]
-                sent = safe
+            safe = held.feed(piece)  # keeps draining after a stop, so generation is never blocked
+            if safe:
+                yield safe
         self._thread.join()
         if self._error is not None:
             raise self._error
-        final = self.result.text
-        # The final text is decoded from all tokens at once; send what is left of it.
-        if len(final) > sent and final.startswith(raw[:sent]):
-            yield final[sent:]
+        rest = held.finish(self.result.text)
+        if rest:
+            yield rest
 
     @property
     def result(self) -> Generation:

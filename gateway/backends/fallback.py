@@ -153,7 +153,11 @@ def build_backend(
 ) -> Backend:
     """One backend from its params; URLs and keys come from the environment variables it names."""
     if spec.kind == "local":
-        return LocalBackend(spec.name, model_params, params.max_queue, adapter_resolver, loader=local_loader)
+        # An injected loader (tests) lives in this process: it runs on a thread here.
+        worker = "thread" if local_loader is not None else params.local_worker
+        return LocalBackend(
+            spec.name, model_params, params.max_queue, adapter_resolver, loader=local_loader, worker=worker
+        )
     if spec.base_url_env is None:
         raise BackendConfigError(
             f"backend {spec.name!r} (kind openai) needs base_url_env: "

@@ -25,8 +25,9 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
+from gateway.backends.model_worker import ModelWorker, WorkerCancelled
 from gateway.contracts import (
     BackendError,
     Completion,
@@ -126,6 +127,49 @@ class MlflowAdapterResolver:
         log.info("downloaded adapter %s to %s", uri, target)
 
 
+class LoadedModels:
+    """The chat models a backend has loaded, by adapter (None = the base), least recently used first.
+
+    Used by one thread only: the backend's worker thread, or a model process's main thread.
+    """
+
+    def __init__(
+        self,
+        model_params: ModelParams,
+        resolver: AdapterResolver | None,
+        *,
+        loader: ModelLoader | None = None,
+        unloader: ModelUnloader = _unload_chat_model,
+        max_adapters: int = 2,
+    ) -> None:
+        self.model_params = model_params
+        self._resolver = resolver
+        self._loader = loader or _load_chat_model
+        self._unloader = unloader
+        self._max_adapters = max_adapters
+        self._models: OrderedDict[str | None, ChatModel] = OrderedDict()
+
+    def for_route(self, route: Route) -> ChatModel:
+        """The model for `route` (base, or base + adapter), loading it on first use."""
+        key = route.adapter_uri
+        chat = self._models.get(key)
+        if chat is not None:
+            self._models.move_to_end(key)
+            return chat
+        adapter: Path | None = None
+        if key is not None:
+            if self._resolver is None:
+                raise BackendError(f"route {route.arm} needs adapter {key} but no adapter resolver is set")
+            adapter = self._resolver(route)
+        chat = self._loader(self.model_params, adapter)
+        self._models[key] = chat
+        adapters = [k for k in self._models if k is not None]
+        for old in adapters[: max(0, len(adapters) - self._max_adapters)]:
+            # Adapters no longer routed: each is a full copy of the model's weights.
+            self._unloader(self._models.pop(old))
+        return chat
+
+
 class _Cancelled(Exception):
     """The caller went away before or during generation."""
 
@@ -139,10 +183,13 @@ class _Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     started_at: float | None = None  # perf_counter when the worker picked it up
     stream: GenerationStream | None = None  # set by the worker once generation starts
+    on_abandon: Callable[[], None] | None = None  # tells a model process to stop this job
 
     def abandon(self) -> None:
         """Stop this job from any thread: skip it if queued, stop its generation if running."""
         self.cancel.set()
+        if self.on_abandon is not None:
+            self.on_abandon()
         stream = self.stream  # read after setting cancel; the worker reads them the other way round
         if stream is not None:
             # close() joins the generation thread, so it must not run on the event loop;
@@ -151,7 +198,12 @@ class _Job:
 
 
 class LocalBackend:
-    """The local chat model in one worker thread, behind a bounded admission queue."""
+    """The local chat model behind a bounded admission queue, generating one request at a time.
+
+    `worker="process"` (the gateway's default) runs the model in a process of its
+    own (`model_worker`), where generation has the cores to itself; `"thread"`
+    runs it on one worker thread of this process (tests, and injected loaders).
+    """
 
     def __init__(
         self,
@@ -163,26 +215,35 @@ class LocalBackend:
         loader: ModelLoader | None = None,
         unloader: ModelUnloader = _unload_chat_model,
         max_adapters: int = 2,
+        worker: Literal["thread", "process"] = "thread",
     ) -> None:
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        if worker == "process" and (loader is not None or unloader is not _unload_chat_model):
+            raise ValueError("a model process loads models itself: pass no loader or unloader")
         self.name = name
         self.model_params = model_params
         self.max_queue = max_queue
         self.served_model = base_model_name(model_params)
-        self._resolver = adapter_resolver
-        self._loader = loader or _load_chat_model
-        self._unloader = unloader
-        self._max_adapters = max_adapters
+        self._process: ModelWorker | None = None
+        if worker == "process":
+            self._process = ModelWorker(name, model_params, adapter_resolver, max_adapters)
+        self._models = LoadedModels(
+            model_params, adapter_resolver, loader=loader, unloader=unloader, max_adapters=max_adapters
+        )  # worker thread only
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"backend-{name}")
         self._lock = threading.Lock()
         self._inflight = 0  # admitted and not finished: waiting + running
         self._service_s: float | None = None  # moving average of one generation's duration
-        self._models: OrderedDict[str | None, ChatModel] = OrderedDict()  # worker thread only
         self._running: _Job | None = None
         self._closed = False
 
     # -- admission ----------------------------------------------------------------
+
+    @property
+    def model_process_pid(self) -> int | None:
+        """The model process's pid while it runs (None in thread mode or before the first request)."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def inflight(self) -> int:
@@ -202,10 +263,13 @@ class LocalBackend:
                 raise QueueFullError(self.retry_after_s())
             self._inflight += 1
         try:
-            future = self._executor.submit(self._run, job)
+            future = self._executor.submit(self._run, job) if self._process is None else self._in_process(job)
         except RuntimeError as error:  # the executor was shut down meanwhile
             self._release(None)
             raise BackendError(f"backend {self.name!r} is closed") from error
+        except BackendError:  # the model process could not start
+            self._release(None)
+            raise
         # Released when the job really ends (or is cancelled before it starts), not when
         # the caller stops waiting: an abandoned generation still occupies the model.
         future.add_done_callback(self._release)
@@ -215,27 +279,29 @@ class LocalBackend:
         with self._lock:
             self._inflight -= 1
 
-    # -- the worker thread ----------------------------------------------------------
+    def _in_process(self, job: _Job) -> Future[Generation]:
+        """Hand `job` to the model process."""
+        assert self._process is not None
+        process = self._process
 
-    def _model_for(self, route: Route) -> ChatModel:
-        """The model for `route` (base, or base + adapter), loading it on first use. Worker thread only."""
-        key = route.adapter_uri
-        chat = self._models.get(key)
-        if chat is not None:
-            self._models.move_to_end(key)
-            return chat
-        adapter: Path | None = None
-        if key is not None:
-            if self._resolver is None:
-                raise BackendError(f"route {route.arm} needs adapter {key} but no adapter resolver is set")
-            adapter = self._resolver(route)
-        chat = self._loader(self.model_params, adapter)
-        self._models[key] = chat
-        adapters = [k for k in self._models if k is not None]
-        for old in adapters[: max(0, len(adapters) - self._max_adapters)]:
-            # Adapters no longer routed: each is a full copy of the model's weights.
-            self._unloader(self._models.pop(old))
-        return chat
+        def started() -> None:
+            job.started_at = time.perf_counter()
+
+        job_id, future = process.submit(job.request, job.on_chunk, started)
+        job.on_abandon = lambda: process.cancel(job_id)
+
+        def observe(done: Future[Generation]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self._observe_service(done.result().latency_s)
+
+        future.add_done_callback(observe)
+        return future
+
+    def _observe_service(self, duration: float) -> None:
+        # Generation time only: a first request that loads the model would skew Retry-After for long.
+        self._service_s = duration if self._service_s is None else 0.8 * self._service_s + 0.2 * duration
+
+    # -- the worker thread ----------------------------------------------------------
 
     def _run(self, job: _Job) -> Generation:
         if job.cancel.is_set():
@@ -249,7 +315,7 @@ class LocalBackend:
 
     def _generate(self, job: _Job) -> Generation:
         request = job.request
-        chat = self._model_for(request.route)
+        chat = self._models.for_route(request.route)
         generation_started = time.perf_counter()
         stream = chat.stream(
             list(request.messages),
@@ -269,9 +335,7 @@ class LocalBackend:
                     job.on_chunk(chunk)
         finally:
             stream.close()  # stops a generation still running (on cancel) and joins its thread
-        # Generation time only: a first request that loads the model would skew Retry-After for long.
-        duration = time.perf_counter() - generation_started
-        self._service_s = duration if self._service_s is None else 0.8 * self._service_s + 0.2 * duration
+        self._observe_service(time.perf_counter() - generation_started)
         return stream.result
 
     # -- the Backend protocol -----------------------------------------------------------
@@ -324,7 +388,7 @@ class LocalBackend:
             future.cancel()
             job.abandon()
             raise
-        except _Cancelled:
+        except (_Cancelled, WorkerCancelled):
             raise BackendError(f"backend {self.name!r} stopped the generation (closing)") from None
         except BackendError:
             raise
@@ -351,11 +415,16 @@ class LocalBackend:
 
     async def warm(self, route: Route) -> None:
         """Load the model (and adapter) for `route` now, on the worker thread, so no request pays for it."""
-        await asyncio.wrap_future(self._executor.submit(self._model_for, route))
+        if self._process is not None:
+            await asyncio.wrap_future(self._process.warm(route))
+            return
+        await asyncio.wrap_future(self._executor.submit(self._models.for_route, route))
 
     async def aclose(self) -> None:
         """Refuse new work and cancel what waits and what runs (the model stops at its next token)."""
         self._closed = True
+        if self._process is not None:
+            await asyncio.to_thread(self._process.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
         running = self._running
         if running is not None:

@@ -243,6 +243,41 @@ def test_stream_concatenates_to_the_generated_text(chat: ChatModel, stop: list[s
     ), f"stream result {got} differs from {expected}"
 
 
+@pytest.mark.parametrize("stop", [None, ["e"], ["qq", " "]], ids=["no-stop", "one-char-stop", "two-stops"])
+def test_generate_streaming_hands_out_the_generated_text_on_this_thread(
+    chat: ChatModel, stop: list[str] | None
+) -> None:
+    # Given the non-streamed reply
+    expected = chat.generate(QUESTION, max_new_tokens=40, stop=stop)
+    # When the same request is generated with a chunk callback
+    chunks: list[str] = []
+    threads: set[int] = set()
+
+    def on_text(text: str) -> None:
+        chunks.append(text)
+        threads.add(threading.get_ident())
+
+    got = chat.generate_streaming(QUESTION, max_new_tokens=40, stop=stop, on_text=on_text)
+    # Then the chunks join to the same text, without a stop string, handed out on the calling thread
+    assert "".join(chunks) == expected.text, f"chunks {chunks!r} != {expected.text!r}"
+    assert threads <= {threading.get_ident()}, "chunks came from another thread"
+    assert (got.text, got.finish_reason, got.completion_tokens) == (
+        expected.text,
+        expected.finish_reason,
+        expected.completion_tokens,
+    ), f"result {got} differs from {expected}"
+
+
+def test_generate_streaming_stops_when_cancelled(chat: ChatModel) -> None:
+    # Given a long generation whose caller cancels after the first chunk
+    cancel = threading.Event()
+    got = chat.generate_streaming(
+        QUESTION, max_new_tokens=400, on_text=lambda _t: cancel.set(), cancel=cancel
+    )
+    # Then it stopped at the next token, not at max_new_tokens
+    assert got.completion_tokens < 400, f"generation ran on: {got.completion_tokens} tokens"
+
+
 def test_stream_result_is_unavailable_before_the_end(chat: ChatModel) -> None:
     # Given a stream whose generation cannot start yet (another caller holds the model)
     with chat._lock:
