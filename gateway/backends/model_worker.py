@@ -11,8 +11,9 @@ there never takes the gateway down, and the next request starts a new one.
 
 The parent talks to the child over a socket (multiprocessing's Connection):
 
-    parent -> child: ("job", id, CompletionRequest) | ("warm", id, Route) | ("cancel", id)
-    child -> parent: ("ready", pid) | ("started", id) | ("chunk", id, text)
+    parent -> child: ("config", ModelParams, resolver, max_adapters), then
+                     ("job", id, CompletionRequest) | ("warm", id, Route) | ("cancel", id)
+    child -> parent: ("ready", None) | ("started", id) | ("chunk", id, text)
                      | ("done", id, Generation | None) | ("cancelled", id) | ("error", id, text)
 
 The child reads on a helper thread (no torch work there) so a cancel reaches a
@@ -47,7 +48,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_READY_TIMEOUT_S = 120.0  # a fresh interpreter importing torch and transformers
 _CHILD = "import sys; from gateway.backends.model_worker import main; main(sys.argv[1:])"
 
 
@@ -193,14 +193,13 @@ class ModelWorker:
             )
             hangup = ours.dup()
             conn = Connection(ours.detach())
+        # No waiting for the child here (this may be the event loop): jobs queue in the socket
+        # while it imports torch, and if it dies starting, its reader fails them.
         try:
             conn.send(self._config)
-            if not conn.poll(_READY_TIMEOUT_S) or conn.recv()[0] != "ready":
-                raise BackendError(f"the model process (pid {process.pid}) did not start")
-        except (EOFError, OSError) as error:
-            process.wait(timeout=10)
+        except OSError as error:
             raise BackendError(
-                f"the model process (pid {process.pid}) exited with code {process.returncode} while starting"
+                f"the model process (pid {process.pid}) could not be reached: {error}"
             ) from error
         self._process, self._conn, self._hangup = process, conn, hangup
         threading.Thread(
@@ -274,6 +273,8 @@ class ModelWorker:
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind, job_id, *rest = message
+        if kind == "ready":
+            return
         with self._lock:
             job = (
                 self._pending.get(job_id) if kind in ("started", "chunk") else self._pending.pop(job_id, None)
