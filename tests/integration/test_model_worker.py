@@ -1,4 +1,4 @@
-"""The local backend with SmolLM2 in a model process of its own (the gateway's default)."""
+"""The local backend with SmolLM2 in a model process of its own (`gateway.local_worker: process`)."""
 
 from __future__ import annotations
 
