@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
+
+from flywheel.runtime.child import start_child
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _stop(process: subprocess.Popen[bytes], conn: Connection) -> None:
 class EmbeddingWorker:
     """MiniLM in a child process: `encode(texts)` returns L2-normalised float32 rows.
 
-    The process starts on `start()` or the first `encode`, loads the model
+    The process starts on `wait_ready()` or the first `encode`, loads the model
     there, and stops on `close()` or when this object is collected.
     Callers may share one worker across threads: requests are serialised.
     """
@@ -89,24 +90,11 @@ class EmbeddingWorker:
         """Whether the embedding process is alive."""
         return self._process is not None and self._process.poll() is None
 
-    def start(self) -> None:
-        """Start the process (returns at once; the model loads in the background)."""
-        with self._lock:
-            self._start()
-
     def _start(self) -> None:
         if self._process is not None:
             return
-        # A fresh interpreter (`python -m`), not multiprocessing: fork would copy this
-        # process's torch state, and spawn re-runs the caller's main script.
-        ours, theirs = socket.socketpair()
-        with ours, theirs:
-            process = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(theirs.fileno()), self.dtype],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-            conn = Connection(ours.detach())
+        process, conn, hangup = start_child(__name__, self.dtype)
+        hangup.close()  # closing our Connection is enough: the child only reads
         self._process, self._conn = process, conn
         self._finalizer = weakref.finalize(self, _stop, process, conn)
 
@@ -153,10 +141,6 @@ class EmbeddingWorker:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m flywheel.runtime.embedding_worker FD DTYPE`: the child, on the socket FD."""
+    """The embedding process's entry point (`flywheel.runtime.child`): argv is FD, DTYPE."""
     fd, dtype = (argv if argv is not None else sys.argv[1:])[:2]
     _serve(Connection(int(fd)), dtype)
-
-
-if __name__ == "__main__":
-    main()

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from flywheel.runtime.child import start_child
 from gateway.contracts import BackendError
 
 if TYPE_CHECKING:
@@ -47,8 +48,6 @@ if TYPE_CHECKING:
     from gateway.contracts import CompletionRequest, Route
 
 log = logging.getLogger(__name__)
-
-_CHILD = "import sys; from gateway.backends.model_worker import main; main(sys.argv[1:])"
 
 
 class WorkerCancelled(Exception):
@@ -132,7 +131,7 @@ def _serve(conn: Connection) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The model process's entry point: serve on the socket whose descriptor is `argv[0]`."""
+    """The model process's entry point (`flywheel.runtime.child`): serve on the socket FD `argv[0]`."""
     (fd,) = (argv if argv is not None else sys.argv[1:])[:1]
     logging.basicConfig(level=logging.INFO, format="model-worker: %(message)s")
     _serve(Connection(int(fd)))
@@ -144,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
 class ModelWorker:
     """The parent's handle on one model process: submit jobs, get futures, cancel, close.
 
-    The process starts on first use (or `start()`); if it dies, pending jobs
+    The process starts on first use; if it dies, pending jobs
     fail with `BackendError` and the next job starts a new process.
     """
 
@@ -171,11 +170,6 @@ class ModelWorker:
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
 
-    def start(self) -> None:
-        """Start the model process now (it loads models when the first job or warm-up needs them)."""
-        with self._lock:
-            self._ensure_started()
-
     def _ensure_started(self) -> Connection:
         if self._closed:
             raise BackendError(f"backend {self.name!r} is closed")
@@ -183,16 +177,7 @@ class ModelWorker:
             return self._conn
         if self._hangup is not None:
             self._hangup.close()  # of a process that died
-        ours, theirs = socket.socketpair()
-        with ours, theirs:
-            process = subprocess.Popen(
-                # -c, not -m: the package imports this module, and runpy would run a second copy
-                [sys.executable, "-c", _CHILD, str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),),
-                stdin=subprocess.DEVNULL,
-            )
-            hangup = ours.dup()
-            conn = Connection(ours.detach())
+        process, conn, hangup = start_child(__name__)
         # No waiting for the child here (this may be the event loop): jobs queue in the socket
         # while it imports torch, and if it dies starting, its reader fails them.
         try:
