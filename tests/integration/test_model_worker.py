@@ -1,4 +1,4 @@
-"""The local backend with SmolLM2 in a model process of its own (`gateway.local_worker: process`)."""
+"""The local backend with SmolLM2 in a model process of its own (the gateway's default)."""
 
 from __future__ import annotations
 
