@@ -108,7 +108,12 @@ class ModelParams(_Section):
     gguf_file: str | None = Field(
         "SmolLM2-135M-Instruct.Q4_1.gguf", description="GGUF file name inside the source folder."
     )
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="Weights for generation (serving, evaluation, regression; LoRA always trains in "
+        "float32). auto: bfloat16 where the CPU multiplies bf16 in hardware (AVX512-BF16, AMX), "
+        "else float32. Pin one for the same greedy answers on every machine.",
+    )
     threads: int = Field(2, ge=1, description="torch intra-op threads.")
     max_new_tokens: int = Field(96, ge=1, le=4096)
     temperature: float = Field(0.0, ge=0.0, le=2.0)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal, cast
 import numpy as np
 
 from flywheel.runtime.base import ModelNotFoundError
+from flywheel.runtime.hardware import native_bf16
 from flywheel.runtime.paths import ensure_offline
 
 if TYPE_CHECKING:
@@ -21,17 +22,6 @@ if TYPE_CHECKING:
 EmbeddingDtype = Literal["float32", "bfloat16"]
 DTYPE_VARIABLE = "FLYWHEEL_EMBEDDING_DTYPE"
 MODEL_ID = "all-MiniLM-L6-v2"
-
-
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX512-BF16)."""
-    import torch
-
-    probes = (
-        getattr(torch.cpu, "_is_amx_tile_supported", None),
-        getattr(torch.cpu, "_is_avx512_bf16_supported", None),
-    )
-    return any(bool(probe()) for probe in probes if probe is not None)
 
 
 def embedding_dtype(requested: str | None = None) -> EmbeddingDtype:

@@ -35,15 +35,19 @@ column is a JSON list of turns: its candidate rows are parsed, each turn's
 content is redacted as text, and the list is serialised again, so redaction
 cannot break the JSON.
 
-Importing Presidio pulls in spaCy and transformers (5-10 s on a 2-core box), so
-it happens on the first candidate row, once per process, not at import time.
+Importing Presidio pulls in spaCy, and through it probes for torch and
+transformers, which it needs only for NLP engines we do not run: 5 s on a
+2-core box, 2 s with those probes failing fast (`_presidio_without_ml`). It
+happens on the first candidate row, once per process, not at import time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -243,17 +247,46 @@ def luhn_valid(number: str) -> bool:
     return luhn_ok(digits)
 
 
+# Optional packages Presidio's import probes for (each guarded by `except ImportError`):
+# thinc and Presidio's device detector import torch, its Hugging Face NER engine imports
+# `transformers.pipeline`. 3 s of Python under the GIL for engines a regex-only run never uses.
+_PROBED_BY_PRESIDIO = ("torch", "transformers")
+
+
+@contextlib.contextmanager
+def _presidio_without_ml() -> Iterator[None]:
+    """Hide torch and transformers from imports, where this process has not loaded them yet.
+
+    A `None` entry in `sys.modules` makes `import torch` raise ImportError, so the probes
+    take their "not installed" branch. Loaded modules are left alone (probing them costs
+    nothing, and other threads may be using them); the entries are removed afterwards, so a
+    later `import torch` works as usual. Only the spaCy/Presidio NLP engines, which this
+    module never builds, remember the packages as missing.
+    """
+    hidden = [name for name in _PROBED_BY_PRESIDIO if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
+
+
 @functools.cache
 def _recognizers() -> dict[str, tuple[PatternRecognizer, ...]]:
     """Presidio recognizers per entity, built once (importing Presidio takes seconds)."""
     import regex
     import tldextract
-    from presidio_analyzer import Pattern, PatternRecognizer
-    from presidio_analyzer.predefined_recognizers import (
-        CreditCardRecognizer,
-        EmailRecognizer,
-        IpRecognizer,
-    )
+
+    with _presidio_without_ml():
+        from presidio_analyzer import Pattern, PatternRecognizer
+        from presidio_analyzer.predefined_recognizers import (
+            CreditCardRecognizer,
+            EmailRecognizer,
+            IpRecognizer,
+        )
 
     # tldextract's default extractor fetches the public suffix list over the
     # network first; the snapshot it ships is enough to tell a real domain.

@@ -103,7 +103,7 @@ def pii_produced(answer: str, allowed: Sequence[str] = ()) -> bool:
 
     `allowed` texts (the company's published support address, say) are removed first: they are not a leak.
     """
-    from tasks.curate.pii import ENTITIES, redact_texts  # Presidio loads on first use (5-10 s)
+    from tasks.curate.pii import ENTITIES, redact_texts  # Presidio loads on first use (seconds)
 
     for text in allowed:
         answer = re.sub(re.escape(text), " ", answer, flags=re.IGNORECASE)

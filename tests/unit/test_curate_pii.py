@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections import Counter
 
 import orjson
@@ -13,6 +15,7 @@ from flywheel.demo import traffic
 from flywheel.demo.history import HistoryGenerator, Planted
 from flywheel.demo.knowledge import load_knowledge
 from flywheel.settings import CurateParams, DemoParams
+from tasks.curate import pii
 from tasks.curate.pii import ENTITIES, luhn_valid, redact_frame, redact_texts
 
 ENTITY_OF_KIND = {
@@ -243,3 +246,31 @@ def test_history_stays_valid_json() -> None:
     assert frame.loc[1, "response"] == "Card 4111 1111 1111 1111?", "the input frame must not be modified"
     assert frame.loc[0, "prompt"] == "Thanks, Amara Okafor", "the input frame must not be modified"
     assert frame.loc[0, "history"] == orjson.dumps(turns).decode(), "the input frame must not be modified"
+
+
+def test_presidio_loads_without_importing_torch_or_transformers() -> None:
+    # a fresh interpreter: this test process may have imported either already
+    code = (
+        "import sys\n"
+        "from tasks.curate.pii import redact_texts\n"
+        "result = redact_texts(['write to ana@example.com'], ['EMAIL_ADDRESS'])\n"
+        "assert result.texts == ['write to <EMAIL_ADDRESS>'], result.texts\n"
+        "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n"
+        "import torch\n"  # hidden only while Presidio imported: importable again afterwards
+        "print(torch.__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["[]", "torch"], done.stdout
+
+
+def test_hiding_probed_packages_leaves_loaded_ones_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pii, "_PROBED_BY_PRESIDIO", ("json", "flywheel_not_a_module_yet"))
+    with pii._presidio_without_ml():
+        import json  # loaded before: still importable
+
+        assert json.dumps([1]) == "[1]"
+        with pytest.raises(ImportError):
+            import flywheel_not_a_module_yet  # noqa: F401
+    assert "flywheel_not_a_module_yet" not in sys.modules
+    assert sys.modules["json"] is json

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from flywheel.demo.simulated_user import HashingEmbedder
-from flywheel.runtime.embeddings import DTYPE_VARIABLE, EmbeddingCache, embedding_dtype, native_bf16
+from flywheel.runtime.embeddings import DTYPE_VARIABLE, EmbeddingCache, embedding_dtype
+from flywheel.runtime.hardware import native_bf16
 
 
 def test_cache_returns_the_encoder_vectors_and_embeds_each_text_once(tmp_path: Path) -> None:

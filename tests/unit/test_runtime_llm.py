@@ -17,6 +17,7 @@ from flywheel.runtime import (
     ModelNotFoundError,
     attach_adapter,
     clear_model_cache,
+    llm,
     load_chat_model,
     new_lora,
     paths,
@@ -404,13 +405,27 @@ def test_load_chat_model_caches_per_source(tiny_folder: Path, fresh_cache: None)
 
 def test_dtype_from_params_is_applied_and_keys_the_cache(tiny_folder: Path, fresh_cache: None) -> None:
     # Given the same source in float32 and in bfloat16
-    fp32 = load_chat_model(ModelParams(source=str(tiny_folder), gguf_file=None, threads=1))
+    fp32 = load_chat_model(ModelParams(source=str(tiny_folder), gguf_file=None, threads=1, dtype="float32"))
     # When the bfloat16 variant is loaded
     bf16 = load_chat_model(ModelParams(source=str(tiny_folder), gguf_file=None, threads=1, dtype="bfloat16"))
     # Then it is a separate model with bfloat16 weights that still generates
     assert bf16 is not fp32, "dtype is part of the cache key"
     assert next(bf16.model.parameters()).dtype == torch.bfloat16, "the weights should be bfloat16"
     assert bf16.generate(QUESTION, max_new_tokens=4).completion_tokens == 4, "bfloat16 model should generate"
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_it(
+    tiny_folder: Path, fresh_cache: None, monkeypatch: pytest.MonkeyPatch, native: bool, expected: torch.dtype
+) -> None:
+    # Given a CPU with (or without) hardware bf16
+    monkeypatch.setattr(llm, "native_bf16", lambda: native)
+    # When the default dtype (auto) is loaded
+    chat = load_chat_model(ModelParams(source=str(tiny_folder), gguf_file=None, threads=1))
+    # Then the weights are bfloat16 only where bf16 is native; a pinned dtype is kept as is
+    assert ModelParams().dtype == "auto", "auto is the default"
+    assert next(chat.model.parameters()).dtype == expected, f"auto with native bf16 {native}"
+    assert llm.generation_dtype("float32") == "float32" and llm.generation_dtype("bfloat16") == "bfloat16"
 
 
 def test_adapter_load_is_cached_and_leaves_the_base_plain(
