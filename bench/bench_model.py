@@ -52,7 +52,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=8, help="prompts in the batch run (0 to skip)")
     parser.add_argument("--batch-tokens", type=int, default=32, help="new tokens per prompt in the batch run")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: params)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: params")
+    parser.add_argument(
+        "--dtype", choices=["auto", "float32", "bfloat16"], default=None, help="default: auto"
+    )
     parser.add_argument("--skip-lora", action="store_true", help="skip the LoRA adapter figures")
     parser.add_argument("--skip-embedder", action="store_true", help="skip the embedder figures")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -77,6 +79,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures: dict[str, Any] = {"loadavg_1m_start": os.getloadavg()[0]}
     started = time.perf_counter()
     from flywheel.runtime import load_chat_model, load_embedder, new_lora, save_adapter
+    from flywheel.runtime.llm import generation_dtype
     from flywheel.settings import ModelParams, apply_offline_environ
 
     apply_offline_environ()
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     figures["import_s"] = time.perf_counter() - started
     overrides = {k: v for k, v in {"threads": args.threads, "dtype": args.dtype}.items() if v is not None}
     params = ModelParams(**overrides)
-    figures["dtype"], figures["threads"] = params.dtype, params.threads
+    # what ran, not the setting: "auto" is bfloat16 or float32 depending on the CPU
+    figures["dtype"], figures["threads"] = generation_dtype(params.dtype), params.threads
 
     t0 = time.perf_counter()
     chat = load_chat_model(params)

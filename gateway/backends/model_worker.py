@@ -13,7 +13,7 @@ The parent talks to the child over a socket (multiprocessing's Connection):
 
     parent -> child: ("config", ModelParams, resolver, max_adapters), then
                      ("job", id, CompletionRequest) | ("warm", id, Route) | ("cancel", id)
-    child -> parent: ("ready", None) | ("started", id) | ("chunk", id, text)
+    child -> parent: ("started", id) | ("chunk", id, text)
                      | ("done", id, Generation | None) | ("cancelled", id) | ("error", id, text)
 
 The child reads on a helper thread (no torch work there) so a cancel reaches a
@@ -94,7 +94,6 @@ def _serve(conn: Connection) -> None:
         jobs.put(None)
 
     threading.Thread(target=read, name="model-worker-reader", daemon=True).start()
-    conn.send(("ready", None))
     while (item := jobs.get()) is not None:
         kind, job_id, payload = item
         cancel = cancels[job_id]
@@ -258,8 +257,6 @@ class ModelWorker:
 
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind, job_id, *rest = message
-        if kind == "ready":
-            return
         with self._lock:
             job = (
                 self._pending.get(job_id) if kind in ("started", "chunk") else self._pending.pop(job_id, None)
