@@ -103,7 +103,13 @@ def length_and_language(
     """
     prompt_len = lengths(frame["prompt"])
     response_len = lengths(frame["response"])
-    share = per_distinct(frame["prompt"], _latin_share, 0.0).astype(float)
+    # Only prompts within the length bounds are read for their script: the others go for
+    # their length (a row counts for its first reason), and a few pasted 30 kB logs would
+    # otherwise be most of the characters scanned.
+    in_bounds = (prompt_len >= min_prompt_chars) & (prompt_len <= max_prompt_chars)
+    share = np.ones(len(frame))
+    if in_bounds.any():
+        share[in_bounds] = per_distinct(frame["prompt"][in_bounds], _latin_share, 0.0)
     return StepResult.split(
         "length_language",
         frame,

@@ -24,11 +24,20 @@ _INVISIBLE = "[\u200b\u200c\u200d\u2060\ufeff]"
 ROLE_ORDER = r"^(system,)?(user,assistant,)*user$"
 
 
+# What `\s+ -> " "` changes, without matching every single space between two words (most
+# of the text, and a regex match each): a run of whitespace that is not one lone space.
+_WHITESPACE_TO_COLLAPSE = r"[\t\n\f\r]\s*| \s+"
+
+
 def _normalise_distinct(texts: pd.Series) -> np.ndarray:
     array = arrow_strings(texts)
-    array = pc.utf8_normalize(array, form="NFKC")
-    array = pc.replace_substring_regex(array, pattern=_INVISIBLE, replacement="")
-    array = pc.replace_substring_regex(array, pattern=r"\s+", replacement=" ")
+    # NFKC and the invisible characters concern non-ASCII text only: ASCII is its own NFKC.
+    non_ascii = pc.invert(pc.string_is_ascii(array))
+    if pc.any(non_ascii).as_py():
+        unicode = pc.utf8_normalize(array.filter(non_ascii), form="NFKC")
+        unicode = pc.replace_substring_regex(unicode, pattern=_INVISIBLE, replacement="")
+        array = pc.replace_with_mask(array, non_ascii, unicode)
+    array = pc.replace_substring_regex(array, pattern=_WHITESPACE_TO_COLLAPSE, replacement=" ")
     return np.asarray(pc.utf8_trim_whitespace(array).to_numpy(zero_copy_only=False), dtype=object)
 
 

@@ -67,6 +67,29 @@ def test_normalise_text_folds_unicode_whitespace_and_invisible_characters() -> N
     assert normalise_text(texts).tolist() == ["How do I export my notes?", "file Quillbox", None]
 
 
+def test_normalise_text_equals_the_plain_pipeline_on_ascii_and_unicode_text() -> None:
+    """The fast path (NFKC only on non-ASCII rows, only whitespace runs that change) gives the
+    same text as NFKC, drop invisibles, collapse every `\\s+`, trim, on every row."""
+    import itertools
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    pieces = ["a", " ", "  ", "\t", "\n", "\r\n", "\x0b", "\f", "\u00a0", "\u200b", "\u2003", "ﬁ", "é", "b"]
+    texts = ["".join(combo) for combo in itertools.product(pieces, repeat=3)] + ["", "   ", None]
+    plain = pa.array(texts, type=pa.large_string())
+    plain = pc.utf8_normalize(plain, form="NFKC")
+    plain = pc.replace_substring_regex(plain, pattern="[\u200b\u200c\u200d\u2060\ufeff]", replacement="")
+    plain = pc.replace_substring_regex(plain, pattern=r"\s+", replacement=" ")
+    expected = pc.utf8_trim_whitespace(plain).to_pylist()
+
+    assert normalise_text(pd.Series(texts, dtype=object)).tolist() == expected
+    ascii_only = [t for t in texts if t is None or t.isascii()]
+    assert normalise_text(pd.Series(ascii_only, dtype=object)).tolist() == [
+        e for t, e in zip(texts, expected, strict=True) if t is None or t.isascii()
+    ]
+
+
 def test_normalise_drops_bad_role_order_and_empty_turns_with_reasons() -> None:
     frame = frame_of(
         record(1, "fine question"),
@@ -112,11 +135,13 @@ def test_length_and_language_rules() -> None:
         record(3, "x" * 50, response="y" * 5000),
         record(4, "Как экспортировать мои заметки в PDF?"),
         record(5, "¿Cómo exporto mis notas a PDF?"),
+        record(6, "Как экспортировать? " * 250),
     )
     result = length_and_language(frame, 3, 4000, 2, 4000, 0.5)
     assert result.kept["request_id"].tolist() == ["r0001", "r0005"], "Spanish with accents is Latin script"
     assert result.dropped == {
         "prompt_too_short": ["r0002"],
+        "prompt_too_long": ["r0006"],  # its length, the first reason, not its script
         "response_too_long": ["r0003"],
         "not_english": ["r0004"],
     }
