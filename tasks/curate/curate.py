@@ -17,9 +17,12 @@ Order matters, cheapest and broadest first:
 7. `pii`: typed placeholders for personal data in the kept rows and in the
    preference pairs, counted per entity (dropped duplicates leave curation
    with their request id only);
-8. `injection_similarity`: MiniLM similarity to known attacks, on the distinct
+8. `quality`: answers rated down go; unrated ones by param (before the
+   similarity check: a rule on a column costs nothing, and the check then
+   embeds only questions that could become training data, 2,600 instead of
+   4,100 on the 1M-record demo);
+9. `injection_similarity`: MiniLM similarity to known attacks, on the distinct
    questions that are left (thousands, not millions);
-9. `quality`: answers rated down go; unrated ones by param;
 10. `split`: whole clusters to train / validation / eval; questions of the
     protected eval and regression suites never reach train or validation.
 
@@ -180,8 +183,8 @@ def curate_frame(
     frame = funnel.add(deduped.step)
     redacted, pairs, stats = sharded_redaction(frame, pairs, params.pii_entities, shards, mapper)
     frame = funnel.add(redacted_duplicates(redacted, stats))
-    frame = funnel.add(injection_similarity(frame, embed, params.injection_similarity))
     frame = funnel.add(quality(frame, params.keep_unrated))
+    frame = funnel.add(injection_similarity(frame, embed, params.injection_similarity))
     frame = funnel.add(
         split_frame(frame, params.split.train, params.split.validation, params.seed, protected, splits=splits)
     )
