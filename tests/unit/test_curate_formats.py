@@ -331,3 +331,22 @@ def test_preference_pairs_of_an_empty_frame() -> None:
 def test_preference_pairs_need_a_cluster_column() -> None:
     with pytest.raises(KeyError, match="cluster"):
         preference_pairs(_frame(_record(1)))
+
+
+def test_rated_rows_sort_as_pandas_sorts_them() -> None:
+    """Arrow's byte order of UTF-8 is Python's code point order; nulls go last, as in pandas."""
+    from tasks.curate.preferences import _sorted
+
+    frame = pd.DataFrame(
+        {
+            "cluster": [2, 1, 1, 1, 2, 1],
+            "history": ["[]", "[é]", "[]", "[z]", "[]", "[\U0001f600]"],
+            "timestamp": pd.to_datetime(
+                ["2026-01-02", "2026-01-01", None, "2026-01-01", "2026-01-01", "2026-01-03"], utc=True
+            ),
+            "request_id": ["b", "ä", "a", "c", "Z", "e"],
+        },
+        index=[10, 11, 12, 13, 14, 15],
+    )
+    by = ["cluster", "history", "timestamp", "request_id"]
+    pd.testing.assert_frame_equal(_sorted(frame, by), frame.sort_values(by, kind="stable"))
