@@ -6,7 +6,6 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-import pandas as pd
 import pytest
 
 from flywheel.demo import HistoryGenerator, normalize_question, write_demo
@@ -142,7 +141,11 @@ def test_outputs_are_written_and_deterministic(demo: dict, tmp_path: Path) -> No
     assert train and all(row["messages"][-1]["role"] == "assistant" for row in train), (
         "ChatML ends with the answer"
     )
-    dropped = pd.read_json(tmp_path / "a" / "dropped.jsonl", lines=True)
-    assert len(dropped) == sum(curated.funnel.dropped_by_reason().values()), (
-        "every drop has a line with its reason"
-    )
+    dropped = (tmp_path / "a" / "dropped.jsonl").read_bytes().splitlines()
+    assert dropped == [
+        orjson.dumps({"request_id": request_id, "step": step.step, "reason": reason})
+        for step in curated.funnel.steps
+        for reason, ids in step.dropped.items()
+        for request_id in ids
+    ], "every drop has a line with its step and reason, in funnel order"
+    assert len(dropped) == sum(curated.funnel.dropped_by_reason().values())
