@@ -10,7 +10,7 @@ import pandas as pd
 from tasks.curate.frame import frame_from_records, read_partitions
 
 
-def _record(i: int, messages: list[dict], response: str | None, **extra: object) -> dict:
+def _record(i: int, messages: list[dict], response: str | None) -> dict:
     return {
         "request_id": f"req-{i}",
         "timestamp": f"2026-11-0{1 + i % 9}T10:00:00+00:00",
@@ -25,7 +25,6 @@ def _record(i: int, messages: list[dict], response: str | None, **extra: object)
         "feedback": {"score": 1, "comment": None} if i % 3 == 0 else None,
         "prompt_tokens": 10 + i,
         "completion_tokens": 5,
-        **extra,
     }
 
 
