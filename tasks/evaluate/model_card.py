@@ -11,6 +11,20 @@ from collections.abc import Mapping
 from tasks.evaluate.gate import GateDecision
 
 
+def dtype_note(requested: str, resolved: str) -> str:
+    """The card's line on the dtype the answers were generated in (`model.dtype` and what it meant here).
+
+    "auto" is bfloat16 on a CPU with hardware bf16 and float32 elsewhere, and greedy
+    answers can differ between the two: a reader comparing cards across machines needs it.
+    """
+    if requested == resolved:
+        return f"answers generated in {resolved} (model.dtype)"
+    return (
+        f"answers generated in {resolved} (model.dtype: {requested} on this machine); "
+        "greedy answers in another dtype can differ"
+    )
+
+
 def model_card(
     name: str,
     base_model: str,

@@ -11,10 +11,10 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flywheel.runtime.llm import ChatModel, load_chat_model
+from flywheel.runtime.llm import ChatModel, generation_dtype, load_chat_model
 from flywheel.settings import EvaluateParams, ModelParams, PriceParams
 from tasks.evaluate.gate import GateDecision, ci_plot, score_distribution_plot
-from tasks.evaluate.model_card import model_card
+from tasks.evaluate.model_card import dtype_note, model_card
 from tasks.evaluate.run_eval import EvalItem, ModelEval, evaluate_model, gate
 
 
@@ -144,7 +144,8 @@ def record(
     card = model_card(
         f"{what} candidate (run {run_id[:8]})", model.gguf_file or model.source,
         application, data, {"base": baseline_name}, decision, (candidate.safety, baseline.safety),
-        ("no LLM-judge metrics: no judge endpoint configured",),
+        ("no LLM-judge metrics: no judge endpoint configured",
+         dtype_note(model.dtype, generation_dtype(model.dtype))),
     )  # fmt: skip
     metric = params.primary_metric
     means = {

@@ -165,7 +165,7 @@ def test_a_gx_failure_stops_curate_before_anything_is_written(stack: Environment
 
 
 def test_retrain_then_evaluate_register_a_candidate_with_its_verdict(
-    stack: Environment, mlflow_uri: str
+    stack: Environment, mlflow_uri: str, tmp_path: Path
 ) -> None:
     # given the curated splits written by the curate test: a 2-step LoRA run on the real SmolLM2
     result = _prefect(
@@ -194,6 +194,12 @@ def test_retrain_then_evaluate_register_a_candidate_with_its_verdict(
     # then the evaluation is in the candidate's run and the version carries the verdict
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/model_card.md", "evaluation/items.json", "evaluation/scores.png"} <= logged, logged
+    card = Path(
+        client.download_artifacts(run.info.run_id, "evaluation/model_card.md", str(tmp_path))
+    ).read_text()
+    assert re.search(r"answers generated in (bfloat16|float32) \(model\.dtype", card), (
+        f"the card names the dtype the answers were generated in:\n{card}"
+    )
     name = load_params().project.registered_model
     versions = client.search_model_versions(f"name = '{name}'")
     mine = [v for v in versions if v.run_id == run.info.run_id]

@@ -74,7 +74,7 @@ def test_gate_passes_a_better_candidate_and_names_what_fails_a_worse_one() -> No
 
 
 def test_model_card_states_use_data_scores_safety_and_limits() -> None:
-    from tasks.evaluate.model_card import model_card
+    from tasks.evaluate.model_card import dtype_note, model_card
 
     decision = gate(
         _eval([0.7] * 30, [True] * 10), _eval([0.2] * 30, [True] * 10), EvaluateParams(bootstrap_samples=200)
@@ -87,11 +87,12 @@ def test_model_card_states_use_data_scores_safety_and_limits() -> None:
         {"steps": 260},
         decision,
         (1.0, 0.9),
-        ("no LLM-judge metrics (no judge endpoint configured)",),
+        ("no LLM-judge metrics (no judge endpoint configured)", dtype_note("auto", "bfloat16")),
     )
     expected = (
         "## Intended use", "`data/curated/train.jsonl` | `abc123`", "gate PASSED", "rougeL", "Win rate",
         "candidate 100%, baseline 90%", "## Limitations", "no LLM-judge metrics",
+        "answers generated in bfloat16 (model.dtype: auto on this machine)",
     )  # fmt: skip
     for part in expected:
         assert part in card, f"the model card should contain {part!r}:\n{card}"
