@@ -184,7 +184,7 @@ def _frame_from_table(table: pa.Table) -> pd.DataFrame:
             "request_id": table.column("request_id").to_numpy(),  # unique: nothing to share
             **columns,
             "timestamp": _utc_timestamps(table.column("timestamp")),
-            "system": system.astype(object),
+            "system": system,
             "history": np.full(len(table), "[]", dtype=object),
             "prompt": prompt,
             "response": _strings(table.column("response")),
